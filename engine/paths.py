@@ -1,0 +1,52 @@
+"""Every path the engine reads or writes is built here.
+
+Resolution order for roots: explicit argument, then environment variable, then a default.
+- data root (source datasets, torchvision layout): `--data-root`, `ENGINE_DATA_ROOT`, `./data`
+- cache (decoded sources as memory-mapped arrays): `ENGINE_CACHE_DIR`, `$XDG_CACHE_HOME/engine`,
+  `~/.cache/engine`
+- output (built datasets): `--out`, `ENGINE_OUT`, `./out/datasets`
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_root(arg: str | os.PathLike | None = None) -> Path:
+    if arg is not None:
+        return Path(arg).expanduser()
+    env = os.environ.get("ENGINE_DATA_ROOT")
+    return Path(env).expanduser() if env else Path("data")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("ENGINE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "engine"
+
+
+def source_cache(key: str) -> Path:
+    """Directory holding one decoded source split (images.npy, labels.npy, meta.json)."""
+    return cache_dir() / "sources" / key
+
+
+def datasets_out(arg: str | os.PathLike | None = None) -> Path:
+    if arg is not None:
+        return Path(arg).expanduser()
+    env = os.environ.get("ENGINE_OUT")
+    return Path(env).expanduser() if env else Path("out") / "datasets"
+
+
+def dataset_dir(out: Path, key: str) -> Path:
+    return out / key
+
+
+def split_file(dataset: Path, split: str) -> Path:
+    return dataset / f"{split}.beton"
+
+
+def manifest_file(dataset: Path) -> Path:
+    return dataset / "manifest.json"
