@@ -1,0 +1,208 @@
+"""`engine build-data`: correlated, side-by-side image datasets written straight into `.beton` files.
+
+Order of work: validate the request, load (cached) sources, resolve the spec, reuse a complete
+dataset with the same spec, otherwise pair, compose and write each split to a temporary name,
+rename into place, and write the manifest last (its presence marks the dataset complete).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from engine import __version__, beton, paths
+from engine import datasets as sources
+from engine.atomic import temp_name, write_json
+from engine.checksums import sha256_file, source_checksums
+from engine.errors import EngineError
+from engine.kernels.compose import Layout, fill_composed, plan_layout
+from engine.kernels.pairing import class_index, draw_pairing, pair
+from engine.manifest import is_complete, read_manifest
+from engine.spec import DataSpec
+from engine.stats import label_stats
+
+SPLITS = ("train", "test")
+SCALAR_FIELDS = ("alice_label", "bob_label", "left_index", "right_index")
+
+
+def parse_pair(text: str) -> tuple[str, str]:
+    """"mnist:svhn" -> ("mnist", "svhn"); sources with an argument ("npz:PATH", "folder:PATH")
+    take the next ':'-separated part, so "npz:/d/a.npz:mnist" works."""
+    parts = str(text).split(":")
+    halves, i = [], 0
+    while i < len(parts):
+        name = parts[i].strip().lower()
+        if name in ("npz", "folder") and i + 1 < len(parts):
+            halves.append(f"{name}:{parts[i + 1]}")
+            i += 2
+        else:
+            halves.append(name)
+            i += 1
+    if len(halves) != 2 or not all(halves):
+        raise EngineError(f"--pair must be LEFT:RIGHT (e.g. mnist:svhn), got {text!r}")
+    for h in halves:
+        sources.parse_source(h)  # raises with the list of valid names
+    return halves[0], halves[1]
+
+
+def _canonical_source(text: str) -> str:
+    name, arg = sources.parse_source(text)
+    return f"{name}:{Path(arg).expanduser().resolve()}" if arg else name
+
+
+def _check_beta(beta) -> float:
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        raise EngineError(f"--beta must be a number in [0, 1], got {beta!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise EngineError(f"--beta must be a number in [0, 1], got {beta!r}")
+    return value
+
+
+def _check_count(name: str, value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise EngineError(f"--{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
+               n_test: int | None = None, data_root=None, out=None, force: bool = False,
+               fit: str = "pad", image_size: int = 32, log=None) -> Path:
+    """Build (or reuse) a dataset and return its directory. See the module docstring."""
+    log = log or (lambda msg: None)
+    left, right = (_canonical_source(s) for s in parse_pair(pair))
+    beta = _check_beta(beta)
+    n_train, n_test = _check_count("n-train", n_train), _check_count("n-test", n_test)
+    if fit not in ("pad", "resize"):
+        raise EngineError(f"--fit must be 'pad' or 'resize', got {fit!r}")
+    if int(seed) != seed or seed < 0:
+        raise EngineError(f"--seed must be a non-negative integer, got {seed!r}")
+    root = paths.data_root(data_root)
+
+    splits = {(side, split): sources.load(src, split, root=root, image_size=image_size)
+              for side, src in (("left", left), ("right", right)) for split in SPLITS}
+    spec = DataSpec(left=left, right=right, beta=beta, seed=int(seed),
+                    n_train=n_train or len(splits["left", "train"].labels),
+                    n_test=n_test or len(splits["left", "test"].labels),
+                    fit=fit, image_size=int(image_size))
+    target = paths.dataset_dir(paths.datasets_out(out), spec.key)
+    if not force and is_complete(target, spec):
+        log(f"reusing {target} (same spec; --force rebuilds)")
+        return target
+    layout = plan_layout(splits["left", "train"].images.shape[1:],
+                         splits["right", "train"].images.shape[1:], fit)
+    for split in SPLITS:
+        for side in ("left", "right"):
+            shape = splits[side, split].images.shape[1:]
+            if shape != splits[side, "train"].images.shape[1:]:
+                raise EngineError(f"{spec.left if side == 'left' else spec.right}: {split} images are "
+                                  f"{shape} but train images are {splits[side, 'train'].images.shape[1:]}")
+        empty = np.flatnonzero(np.bincount(splits["right", split].labels,
+                                           minlength=len(splits["right", split].classes)) == 0)
+        if empty.size:
+            raise EngineError(f"{right} {split} split has no images of class(es) "
+                              f"{empty.tolist()}; Bob's classes all need images")
+
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = temp_name(target / "probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EngineError(f"cannot write to output directory {target}: {exc.strerror or exc}; "
+                          "pass a writable --out") from None
+    for stale in target.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+    started = time.perf_counter()
+    results, temps = {}, {}
+    try:
+        for split in SPLITS:
+            final = paths.split_file(target, split)
+            temps[split] = temp_name(final)
+            n = spec.n_train if split == "train" else spec.n_test
+            results[split] = _write_split(temps[split], split, splits["left", split],
+                                          splits["right", split], layout, spec, n)
+            log(f"{split}: {n} samples in {results[split]['build_seconds']:.2f} s "
+                f"({results[split]['samples_per_s']:,.0f} samples/s)")
+        paths.manifest_file(target).unlink(missing_ok=True)
+        for split in SPLITS:
+            os.replace(temps[split], paths.split_file(target, split))
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+
+    total = time.perf_counter() - started
+    manifest = _manifest(spec, splits, layout, results, root, total)
+    write_json(paths.manifest_file(target), manifest)
+    return target
+
+
+def _write_split(path: Path, split: str, left, right, layout: Layout, spec: DataSpec, n: int) -> dict:
+    t0 = time.perf_counter()
+    stream = np.random.SeedSequence(spec.seed, spawn_key=(SPLITS.index(split),))
+    rng = np.random.Generator(np.random.PCG64(stream))
+    draws = draw_pairing(rng, len(left.labels), n)
+    offsets, members = class_index(right.labels, len(right.classes))
+    alice, bob, right_idx = pair(left.labels, draws, spec.beta, offsets, members)
+    left_idx = draws.left_order
+    fields = {"image": beton.ndarray_field(np.uint8, layout.shape),
+              **{name: beton.int_field() for name in SCALAR_FIELDS}}
+    scalars = {"alice_label": alice, "bob_label": bob, "left_index": left_idx, "right_index": right_idx}
+    def fill(buf, first, count):
+        fill_composed(buf, first, count, left.images, right.images, left_idx, right_idx,
+                                   layout)
+
+    facts = beton.write(path, fields, scalars, n, fill)
+    seconds = time.perf_counter() - t0
+    digest = sha256_file(path)
+    stats = label_stats(alice, bob, len(left.classes), len(right.classes), spec.beta)
+    return {"file": f"{split}.beton", "samples": n,
+            **facts, "sha256": digest, **stats, "build_seconds": seconds,
+            "samples_per_s": n / seconds if seconds > 0 else float("inf")}
+
+
+def _half_box(plan) -> dict:
+    src_h, src_w, _, out_w, col0, resize, top, left = (int(v) for v in plan.geo)
+    return {"columns": [col0, col0 + out_w], "resized": bool(resize),
+            "source_box": None if resize else [top, col0 + left, src_h, src_w]}
+
+
+def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path, seconds: float) -> dict:
+    n = sum(r["samples"] for r in results.values())
+    side = {}
+    for name, src in (("left", spec.left), ("right", spec.right)):
+        train = splits[name, "train"]
+        side[name] = {"source": src, "classes": list(train.classes),
+                      "image_shape": list(train.images.shape[1:]),
+                      "split_sizes": {s: int(len(splits[name, s].labels)) for s in SPLITS},
+                      "files": source_checksums([Path(f) for f in train.files + splits[name, "test"].files])}
+    return {
+        "format_version": spec.format_version,
+        "engine_version": __version__,
+        "key": spec.key,
+        "spec": spec.to_dict(),
+        "pair": spec.pair,
+        "data_root": str(root.resolve()),
+        "pi": "b = a mod C_right",
+        "image_shape": list(layout.shape),
+        "halves": {"left": _half_box(layout.left), "right": _half_box(layout.right)},
+        "fields": {"image": {"type": "NDArrayField", "dtype": "uint8", "shape": list(layout.shape)},
+                   **{f: {"type": "IntField"} for f in SCALAR_FIELDS}},
+        "sources": side,
+        "splits": results,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": seconds,
+        "samples_per_s": n / seconds if seconds > 0 else float("inf"),
+    }
+
+
+def load_manifest(dataset_dir) -> dict:
+    return read_manifest(Path(dataset_dir))
