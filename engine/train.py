@@ -1,0 +1,389 @@
+"""The trainer: one training run (Alice's, or one of Bob's fine-tunes) from data to metrics.
+
+Chapters, in order:
+1. Data on the device: the whole dataset uploaded once as uint8, normalised per batch on the device.
+2. Batching: a seeded on-device permutation per epoch.
+3. Runners: the model split at the frozen boundary into `prefix` and `tail`, compiled or not, and
+   the `CompiledModelCache` that compiles each split once and reuses it across runs.
+4. Frozen features: the prefix's output computed once per fit when it fits a memory budget.
+5. The step.
+6. Epochs: `fit`.
+7. Evaluation: `evaluate`.
+
+The same code runs on CPU and CUDA. On CUDA it adds bf16 autocast and channels-last tensors;
+`torch.compile` comes only through `CompiledModelCache` (on by default on CUDA, off on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.errors import EngineError
+from engine.freeze import set_train_mode
+from engine.models import LayeredNet, build_model
+
+OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # name -> default learning rate
+SGD_MOMENTUM = 0.9
+FEATURE_CACHE_BYTES = 2 * 2**30
+CHUNK = 1024  # samples per forward pass when caching features
+
+
+def _is_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    return torch.channels_last if _is_cuda(device) else torch.contiguous_format
+
+
+def _autocast(device: torch.device):
+    if _is_cuda(device):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# 1. Data on the device ---------------------------------------------------------------------------
+
+def _channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact per-channel mean and std (population) of uint8 NCHW images, in [0, 1] units."""
+    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
+        n = counts.sum()
+        m = (counts * values).sum() / n
+        var = ((counts * values.square()).sum() / n - m.square()).clamp_min(0)
+        mean.append(m)
+        std.append(var.sqrt())
+    return torch.stack(mean).float(), torch.stack(std).float()
+
+
+class DeviceData:
+    """A dataset living on one device: uint8 images [N, C, H, W] and int64 label vectors.
+
+    `mean`/`std` (float32 [C], [0, 1] pixel units) define the normalisation
+    x = (pixel / 255 - mean) / std applied per batch; a test split takes its train split's stats.
+    """
+
+    def __init__(self, images: Tensor, labels: dict[str, Tensor], mean: Tensor, std: Tensor):
+        self.images = images
+        self.labels = labels
+        self.mean = mean
+        self.std = std
+        safe_std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel maps to 0
+        self._scale = (1 / (255 * safe_std)).view(1, -1, 1, 1)
+        self._shift = (-mean / safe_std).view(1, -1, 1, 1)
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, labels: dict[str, np.ndarray],
+                    device: str | torch.device, *,
+                    stats: tuple[Tensor | list[float], Tensor | list[float]] | None = None,
+                    ) -> DeviceData:
+        """Upload uint8 NHWC `images` and their labels; compute (mean, std) unless `stats` given."""
+        device = torch.device(device)
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+            got = f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}"
+            raise EngineError(f"images must be a uint8 array shaped [N, H, W, C], got {got}")
+        n = len(images)
+        if n == 0:
+            raise EngineError("the dataset has no images")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
+            host = torch.from_numpy(np.ascontiguousarray(images))
+        # NHWC memory viewed as NCHW is channels-last; make it plain NCHW where that is faster.
+        x = host.to(device, copy=True).permute(0, 3, 1, 2)
+        x = x.contiguous(memory_format=_memory_format(device))
+        ys = {}
+        for name, y in labels.items():
+            y = np.asarray(y)
+            if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+                raise EngineError(f"label {name!r} must be {n} integers, got {y.dtype} {y.shape}")
+            ys[name] = torch.from_numpy(y.astype(np.int64)).to(device)
+        if stats is None:
+            mean, std = _channel_stats(x)
+        else:
+            mean, std = (torch.as_tensor(s, dtype=torch.float32).to(device) for s in stats)
+            if mean.shape != (x.shape[1],) or std.shape != (x.shape[1],):
+                raise EngineError(f"stats must give {x.shape[1]} means and stds, got "
+                                  f"{tuple(mean.shape)} and {tuple(std.shape)}")
+        return cls(x, ys, mean, std)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        _, c, h, w = self.images.shape
+        return (h, w, c)
+
+    @property
+    def stats(self) -> tuple[list[float], list[float]]:
+        """(mean, std) as plain floats, for checkpoints and for the test split."""
+        return self.mean.tolist(), self.std.tolist()
+
+    def subset(self, n: int | None, seed: int) -> DeviceData:
+        """`n` samples drawn without replacement under `seed` (all of them if n is None).
+
+        With one seed, smaller subsets are contained in larger ones (prefixes of one permutation).
+        Normalisation stats are the parent's.
+        """
+        if n is None:
+            return self
+        if not 1 <= n <= len(self):
+            raise EngineError(f"subset size must be in 1..{len(self)}, got {n}")
+        g = torch.Generator(device=self.device).manual_seed(int(seed))
+        idx = torch.randperm(len(self), generator=g, device=self.device)[:n].sort().values
+        images = self.images[idx].contiguous(memory_format=_memory_format(self.device))
+        return DeviceData(images, {k: v[idx] for k, v in self.labels.items()}, self.mean, self.std)
+
+    def inputs(self, idx: Tensor | slice) -> Tensor:
+        """Normalised float32 images at `idx`, NCHW (channels-last strides on CUDA)."""
+        x = self.images[idx].float().mul_(self._scale).add_(self._shift)
+        return x.contiguous(memory_format=_memory_format(self.device))
+
+
+# 2. Batching -------------------------------------------------------------------------------------
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """Index batches for one epoch: a fresh permutation cut into full batches.
+
+    The ragged end is dropped (fixed shapes keep compiled graphs fixed); with n <= batch_size the
+    epoch is one batch of all n.
+    """
+    perm = torch.randperm(n, generator=generator, device=generator.device)
+    if n <= batch_size:
+        return [perm]
+    return list(perm[: n - n % batch_size].view(-1, batch_size))
+
+
+# 3. Runners --------------------------------------------------------------------------------------
+
+@dataclass
+class Runner:
+    """`model` split at `frozen_upto`: `prefix` runs layers [0, k) and `tail` layers [k, L)."""
+    model: LayeredNet
+    frozen_upto: int
+    prefix: Callable[[Tensor], Tensor]
+    tail: Callable[[Tensor], Tensor]
+
+
+def make_runner(model: LayeredNet, frozen_upto: int, *, compile: bool = False,
+                backend: str = "inductor") -> Runner:
+    """Split `model`; the parts share its parameters, so in-place resets reach compiled code too."""
+    prefix: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[:frozen_upto])
+    tail: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[frozen_upto:])
+    if compile:
+        if frozen_upto > 0:
+            prefix = torch.compile(prefix, backend=backend)
+        tail = torch.compile(tail, backend=backend)
+    return Runner(model, frozen_upto, prefix, tail)
+
+
+class CompiledModelCache:
+    """One model and its (compiled) runner per architecture, input shape and frozen boundary.
+
+    Compiling costs seconds to minutes and a sweep runs thousands of fine-tunes, so each entry is
+    compiled once: later runs reset the same model's weights in place (`freeze.prepare_bob` copies
+    into the existing parameters) and `fit` makes a fresh optimizer. The key holds `frozen_upto`
+    (= retrain_from - 1, or 0 for scratch) because which parameters require grad is part of a graph.
+
+        runner = cache.get("cnn", (28, 56, 1), 10, frozen_upto=l - 1)
+        params = prepare_bob(runner.model, alice, retrain_from=l, mode="finetune", seed=s)
+        fit(runner.model, params, data, "bob_label", ..., frozen_upto=l - 1, runner=runner)
+    """
+
+    def __init__(self, device: str | torch.device, *, compile: bool | None = None,
+                 backend: str = "inductor"):
+        self.device = torch.device(device)
+        self.compile = _is_cuda(self.device) if compile is None else compile
+        self.backend = backend
+        self._runners: dict[tuple, Runner] = {}
+
+    def get(self, arch: str, input_shape: tuple[int, int, int], n_classes: int, *,
+            frozen_upto: int, depth: int | None = None, width: int | None = None,
+            global_pool: bool = False) -> Runner:
+        key = (arch, tuple(input_shape), n_classes, frozen_upto, depth, width, global_pool)
+        if key not in self._runners:
+            model = build_model(arch, input_shape, n_classes, depth=depth, width=width,
+                                global_pool=global_pool)
+            model = model.to(self.device, memory_format=_memory_format(self.device))
+            self._runners[key] = make_runner(model, frozen_upto, compile=self.compile,
+                                             backend=self.backend)
+        return self._runners[key]
+
+    def __len__(self) -> int:
+        return len(self._runners)
+
+
+# 4. Frozen features ------------------------------------------------------------------------------
+
+def frozen_features(runner: Runner, data: DeviceData, budget_bytes: int) -> Tensor | None:
+    """The frozen prefix's output for every sample, or None if nothing is frozen or it would need
+    more than `budget_bytes`. Valid because frozen layers run in eval mode without augmentation,
+    so their output per sample is constant for the whole fit."""
+    if runner.frozen_upto == 0 or budget_bytes <= 0:
+        return None
+    n, device = len(data), data.device
+    with torch.no_grad(), _autocast(device):
+        first = runner.prefix(data.inputs(slice(0, CHUNK)))
+        if n * first[0].numel() * first.element_size() > budget_bytes:
+            return None
+        fmt = _memory_format(device) if first.dim() == 4 else torch.contiguous_format
+        feats = torch.empty((n, *first.shape[1:]), dtype=first.dtype, device=device,
+                            memory_format=fmt)
+        feats[:CHUNK] = first
+        for start in range(CHUNK, n, CHUNK):
+            feats[start:start + CHUNK] = runner.prefix(data.inputs(slice(start, start + CHUNK)))
+    return feats
+
+
+# 5. The step -------------------------------------------------------------------------------------
+
+def train_step(runner: Runner, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
+               frozen_input: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    """One SGD/Adam step; returns (summed loss, n correct) as device tensors (no host sync).
+
+    `frozen_input`: x is already the prefix's output (cached features); otherwise x is images and
+    the prefix runs here without building a graph.
+    """
+    with _autocast(device):
+        if not frozen_input:
+            with torch.no_grad():
+                x = runner.prefix(x)
+        logits = runner.tail(x)
+        loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach() * len(y), (logits.argmax(1) == y).sum()
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    fused = True if _is_cuda(device) else None
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, fused=fused)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
+# 6. Epochs ---------------------------------------------------------------------------------------
+
+def _check_fit_args(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: str,
+                    epochs: int, lr: float, optimizer: str, batch_size: int,
+                    frozen_upto: int) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise EngineError(f"unknown optimizer {optimizer!r}; "
+                          f"choose one of: {', '.join(OPTIMIZERS)}")
+    if label not in data.labels:
+        raise EngineError(f"no label {label!r} in the data; it has: {', '.join(data.labels)}")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise EngineError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, "
+                          f"{batch_size}, {lr}")
+    if not 0 <= frozen_upto < model.n_layers:
+        raise ValueError(f"frozen_upto must be in 0..{model.n_layers - 1}, got {frozen_upto}")
+    if any(p.requires_grad for p in model.layers[:frozen_upto].parameters()):
+        raise ValueError("a parameter of a frozen layer requires grad; use freeze.prepare_bob")
+    if not params or not all(p.requires_grad for p in params):
+        raise ValueError("params must be a non-empty list of parameters that require grad")
+    y = data.labels[label]
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= model.head.out_features:
+        raise EngineError(f"label {label!r} spans {lo}..{hi}, but the network has "
+                          f"{model.head.out_features} outputs")
+
+
+def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: str, *,
+        epochs: int, lr: float | None = None, optimizer: str = "sgd", batch_size: int = 128,
+        seed: int, frozen_upto: int = 0, device: str | torch.device | None = None,
+        runner: Runner | None = None, feature_cache_bytes: int = FEATURE_CACHE_BYTES) -> dict:
+    """Train `params` of `model` on `data` to predict `label`; return last-epoch metrics.
+
+    `frozen_upto` layers at the bottom are frozen (requires_grad False, eval mode); their output is
+    cached once when it fits in `feature_cache_bytes` (0 disables). `seed` drives the shuffling
+    only; initial weights are the caller's (see `freeze.prepare_bob`). `lr` None means the
+    optimizer's default (SGD 0.01 with momentum 0.9, Adam 1e-3). `runner` comes from a
+    `CompiledModelCache`; without one, the model runs uncompiled.
+    """
+    lr = OPTIMIZERS.get(optimizer) if lr is None else lr
+    _check_fit_args(model, params, data, label, epochs, lr, optimizer, batch_size, frozen_upto)
+    device = data.device if device is None else torch.device(device)
+    if device != data.device:
+        raise ValueError(f"data lives on {data.device}, not {device}")
+    if runner is None:
+        model.to(device, memory_format=_memory_format(device))
+        runner = make_runner(model, frozen_upto)
+    elif runner.model is not model or runner.frozen_upto != frozen_upto:
+        raise ValueError("runner was made for another model or frozen_upto")
+
+    start = time.perf_counter()
+    set_train_mode(model, frozen_upto)
+    opt = make_optimizer(params, optimizer, lr, device)
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    labels = data.labels[label]
+    feats = frozen_features(runner, data, feature_cache_bytes)
+    steps = 0
+    for _ in range(epochs):
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for idx in epoch_batches(len(data), batch_size, generator):
+            x = feats[idx] if feats is not None else data.inputs(idx)
+            loss, right = train_step(runner, opt, x, labels[idx], frozen_input=feats is not None,
+                                     device=device)
+            loss_sum += loss
+            correct += right
+            seen += len(idx)
+            steps += 1
+    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # .item() syncs
+    wall = time.perf_counter() - start
+    return {
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "epochs": epochs,
+        "steps": steps,
+        "samples_per_epoch": seen,
+        "wall_s": wall,
+        "samples_per_s": epochs * seen / wall,
+        "feature_cache": feats is not None,
+        "optimizer": optimizer,
+        "lr": lr,
+        "batch_size": batch_size,
+    }
+
+
+# 7. Evaluation -----------------------------------------------------------------------------------
+
+def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 1024, *,
+             runner: Runner | None = None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on all of `data`, in eval mode."""
+    if label not in data.labels:
+        raise EngineError(f"no label {label!r} in the data; it has: {', '.join(data.labels)}")
+    if runner is None:
+        runner = make_runner(model, 0)
+    elif runner.model is not model:
+        raise ValueError("runner was made for another model")
+    device = data.device
+    model.eval()
+    labels = data.labels[label]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.no_grad(), _autocast(device):
+        for start in range(0, len(data), batch_size):
+            y = labels[start:start + batch_size]
+            logits = runner.tail(runner.prefix(data.inputs(slice(start, start + batch_size))))
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+    n = len(data)
+    return correct.item() / n, loss_sum.item() / n
