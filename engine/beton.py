@@ -203,6 +203,8 @@ class BetonFile:
         self.page_size = int(header["page_size"])
         n_fields = int(header["num_fields"])
         desc_end = HEADER.itemsize + n_fields * FIELD_DESC.itemsize
+        if desc_end > self._data.size:
+            raise EngineError(f"{self.path} is truncated ({self._data.size} bytes); rebuild it")
         descs = self._data[HEADER.itemsize:desc_end].view(FIELD_DESC)
         self.fields: dict[str, Field] = {}
         for d in descs:

@@ -65,7 +65,8 @@ def write_with_dataset_writer(path: str | os.PathLike, image: np.ndarray,
 
 def loader(path: str | os.PathLike, *, batch_size: int, num_workers: int = 1, shuffle: bool = False,
            seed: int = 0, drop_last: bool = False, indices: np.ndarray | None = None):
-    """FFCV `Loader` yielding NumPy batches of every field (arrays as stored, ints as int64 [B, 1])."""
+    """FFCV `Loader` yielding NumPy batches of every field (arrays as stored, ints as int64 [B, 1]).
+    The Loader reuses its batch buffers: copy a batch that must outlive the next iteration."""
     _require()
     from ffcv.fields.basics import FloatDecoder, IntDecoder
     from ffcv.fields.decoders import NDArrayDecoder
