@@ -1,0 +1,52 @@
+# `make demo` and `make test` do all set-up on a fresh Debian/Ubuntu machine, and are idempotent:
+# system packages FFCV needs (installed when root, otherwise the exact command is printed), a
+# virtual environment in .venv, torch, then the project with its dev extras.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.engine-installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+
+.PHONY: demo test bench install system-packages clean
+
+demo: $(STAMP)
+	$(BIN)/engine demo
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,rounds
+
+install: $(STAMP)
+
+system-packages:
+	@need="$(APT_PACKAGES)"; \
+	command -v g++ >/dev/null || need="$$need g++"; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || need="$$need python3-venv"; \
+	$(PYTHON) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+	  || need="$$need python3-dev"; \
+	missing=""; for p in $$need; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages; run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Torch first: the project depends on it, and any other torch would pull gigabytes.
+$(STAMP): pyproject.toml setup.cfg | system-packages $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .benchmarks

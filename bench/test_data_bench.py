@@ -1,0 +1,90 @@
+"""Data engine throughput: the engine's build path against FFCV's DatasetWriter, same samples, same
+machine. Run with `make bench` (needs real MNIST and Fashion-MNIST under ENGINE_DATA_ROOT).
+
+- engine_write_split: pair + compose + write a 60k-sample mnist:fashion train split into a .beton
+  (page cache; sources already cached). This is the hot path the 1M samples/s target is about.
+- engine_build_data: the whole `build_data` (train 60k + test 10k), including the sha256 of each
+  output, the label statistics and the manifest.
+- ffcv_dataset_writer: FFCV's DatasetWriter(num_workers=2) writing the same 60k composed samples
+  from in-memory arrays (composing is not even charged to it).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+from engine import beton, ffcv_io
+from engine import datasets as sources
+from engine.build import write_split
+from engine.kernels.compose import plan_layout
+from engine.spec import DataSpec
+
+ROOT = Path(os.environ.get("ENGINE_DATA_ROOT", "data"))
+if not (ROOT / "MNIST" / "raw").is_dir() or not (ROOT / "FashionMNIST" / "raw").is_dir():
+    pytest.skip("real MNIST and Fashion-MNIST needed under ENGINE_DATA_ROOT", allow_module_level=True)
+
+N = 60_000
+SAMPLE_BYTES = 28 * 56
+
+
+@pytest.fixture(scope="module")
+def splits():
+    left = sources.load("mnist", "train", root=ROOT)
+    right = sources.load("fashion", "train", root=ROOT)
+    return left, right
+
+
+def _report(benchmark, samples, nbytes):
+    seconds = benchmark.stats.stats.min
+    benchmark.extra_info.update({"samples": samples, "samples_per_s": samples / seconds,
+                                 "GB_per_s": nbytes / seconds / 1e9, "cpus": os.cpu_count()})
+
+
+def test_engine_write_split(benchmark, splits, tmp_path):
+    left, right = splits
+    layout = plan_layout(left.images.shape[1:], right.images.shape[1:])
+    spec = DataSpec("mnist", "fashion", 0.75, 0, N, 10_000)
+    path = tmp_path / "train.beton"
+    write_split(path, "train", left, right, layout, spec, N)  # compile and warm the kernels
+
+    def fresh():  # a new file each round, as in a real build (no truncation of a cached file)
+        path.unlink(missing_ok=True)
+
+    benchmark.pedantic(lambda: write_split(path, "train", left, right, layout, spec, N),
+                       setup=fresh, rounds=15, iterations=1)
+    _report(benchmark, N, path.stat().st_size)
+
+
+def test_engine_build_data(benchmark, tmp_path):
+    engine.build_data("mnist:fashion", 0.75, data_root=ROOT, out=tmp_path)  # warm the caches
+
+    def fresh():
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+    result = benchmark.pedantic(lambda: engine.build_data("mnist:fashion", 0.75, data_root=ROOT,
+                                                          out=tmp_path),
+                                setup=fresh, rounds=5, iterations=1)
+    nbytes = sum(f.stat().st_size for f in result.glob("*.beton"))
+    _report(benchmark, N + 10_000, nbytes)
+
+
+@pytest.mark.skipif(not ffcv_io.available(), reason="FFCV is not installed")
+def test_ffcv_dataset_writer(benchmark, splits, tmp_path):
+    left, right = splits
+    layout = plan_layout(left.images.shape[1:], right.images.shape[1:])
+    spec = DataSpec("mnist", "fashion", 0.75, 0, N, 10_000)
+    ref = tmp_path / "ref.beton"
+    _, scalars = write_split(ref, "train", left, right, layout, spec, N)
+    images = beton.read_beton(ref, ["image"])["image"]  # the same composed samples, in memory
+    path = tmp_path / "ffcv.beton"
+
+    def fresh():
+        path.unlink(missing_ok=True)
+
+    benchmark.pedantic(lambda: ffcv_io.write_with_dataset_writer(path, images, scalars, num_workers=2),
+                       setup=fresh, rounds=3, iterations=1)
+    assert path.read_bytes() != b""
+    _report(benchmark, N, path.stat().st_size)
