@@ -1,0 +1,260 @@
+"""`engine report DIR`: figures under DIR/report/ and a summary.md whose findings are computed from
+the stored runs. Accuracies are shown in percent; "points" are percentage points.
+
+Figures are drawn on `matplotlib.figure.Figure` (Agg when saved), so no pyplot state is touched.
+With several n_bob values, per-mode figures get a `_n<n_bob>` suffix, one per value.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from engine.atomic import atomic_path, write_bytes
+from engine.results import ALICE_MODES, cells, load, modes
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _b(beta: float) -> str:
+    return f"{beta:g}"
+
+
+def _grid(block: pd.DataFrame, value: str = "mean") -> pd.DataFrame:
+    """depth x beta table of `value` (rows retrain_from, columns beta)."""
+    return block.pivot_table(index="retrain_from", columns="beta", values=value, aggfunc="first")
+
+
+def _best_per_beta(block: pd.DataFrame) -> pd.DataFrame:
+    """For each beta the cell with the highest mean accuracy (over depths and modes in `block`)."""
+    block = block.dropna(subset=["mean"])
+    idx = block.groupby("beta")["mean"].idxmax()
+    return block.loc[idx].set_index("beta").sort_index()
+
+
+def _chance(block: pd.DataFrame) -> float:
+    return float(block["chance"].mean())
+
+
+# Lines that may coincide (best depths are small integers) stay distinguishable.
+_STYLES = [dict(marker=m, markersize=s, linestyle=ls, linewidth=w) for m, s, ls, w in
+           (("o", 10, "-", 4), ("s", 7, "--", 2.5), ("^", 5, ":", 1.5), ("D", 3, "-", 1))]
+
+
+# -- figures, each returning its one-line finding -----------------------------------------------
+
+def _acc_vs_beta(c: pd.DataFrame, mode: str, title: str, path: Path) -> str:
+    block = c[c["mode"] == mode]
+    fig = Figure(layout="constrained", figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for l, d in block.groupby("retrain_from"):
+        ax.errorbar(d["beta"], 100 * d["mean"], yerr=100 * d["std"].fillna(0), marker="o",
+                    capsize=3, label=f"l={l}")
+    for other, style in (("scratch", ":"), ("random-frozen", "-.")):
+        if other != mode and other in set(c["mode"]):
+            best = _best_per_beta(c[c["mode"] == other])
+            ax.errorbar(best.index, 100 * best["mean"], yerr=100 * best["std"].fillna(0),
+                        color="black", linestyle=style, capsize=3, label=f"{other} (best l)")
+    ax.axhline(100 * _chance(block), color="grey", linestyle="--", label="chance")
+    ax.set(xlabel="beta (label correlation with Alice's task)", ylabel="Bob test accuracy (%)",
+           title=title)
+    ax.legend(fontsize="small", ncol=2)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+    grid = _grid(block)
+    if grid.shape[1] < 2:
+        return f"only beta={_b(grid.columns[0])} was run; no trend in beta"
+    not_mono = [l for l, row in grid.iterrows() if (np.diff(row.dropna().to_numpy()) < 0).any()]
+    text = (f"accuracy is monotone non-decreasing in beta at {len(grid) - len(not_mono)}/"
+            f"{len(grid)} depths")
+    if not_mono:
+        text += " (not at " + ", ".join(f"l={l}" for l in not_mono) + ")"
+    lo, hi = grid.columns[0], grid.columns[-1]
+    change = 100 * (grid[hi] - grid[lo]).mean()
+    return text + f"; mean change from beta={_b(lo)} to beta={_b(hi)}: {change:+.1f} points"
+
+
+def _heatmap(c: pd.DataFrame, mode: str, title: str, path: Path) -> str:
+    grid = _grid(c[c["mode"] == mode]) * 100
+    fig = Figure(layout="constrained", figsize=(max(5.0, 2.5 + 0.9 * grid.shape[1]),
+                                                2.2 + 0.5 * grid.shape[0]))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid.to_numpy(), cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(grid.shape[1]), [_b(b) for b in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [str(l) for l in grid.index])
+    middle = np.nanmean(grid.to_numpy())
+    for i, j in np.ndindex(grid.shape):
+        v = grid.iat[i, j]
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                    color="black" if v > middle else "white")
+    fig.colorbar(image, ax=ax, label="Bob test accuracy (%)")
+    ax.set(xlabel="beta", ylabel="retrain_from l", title=title)
+    _save(fig, path)
+    values = grid.to_numpy()
+    best = np.unravel_index(np.nanargmax(values), values.shape)
+    worst = np.unravel_index(np.nanargmin(values), values.shape)
+    return (f"best cell l={grid.index[best[0]]}, beta={_b(grid.columns[best[1]])} "
+            f"({values[best]:.1f}%); worst cell l={grid.index[worst[0]]}, "
+            f"beta={_b(grid.columns[worst[1]])} ({values[worst]:.1f}%)")
+
+
+def _best_depth(c: pd.DataFrame, title: str, path: Path) -> str:
+    """Best l vs beta per mode (at the largest n_bob); with several n_bob, best l vs n_bob."""
+    depth_modes = [m for m in modes(c) if m != "scratch"]  # scratch has only l=1
+    n_values = sorted(c["n_bob"].unique())
+    n_max = n_values[-1]
+    fig = Figure(layout="constrained", figsize=(12 if len(n_values) > 1 else 7, 4.5))
+    axes = fig.subplots(1, 2 if len(n_values) > 1 else 1, squeeze=False)[0]
+    findings = []
+    for k, mode in enumerate(depth_modes):
+        best = _best_per_beta(c[(c["mode"] == mode) & (c["n_bob"] == n_max)])
+        axes[0].plot(best.index, best["retrain_from"], label=mode, **_STYLES[k % len(_STYLES)])
+        findings.append(f"{mode}: best depth " + ", ".join(
+            f"at beta={_b(b)} is l={l}" for b, l in best["retrain_from"].items()))
+    axes[0].set(xlabel="beta", ylabel="best retrain_from l (argmax mean accuracy)",
+                title=f"{title}, n_bob={n_max}")
+    if len(n_values) > 1:
+        mode = depth_modes[0]
+        block = c[c["mode"] == mode]
+        trends = []
+        for k, (beta, d) in enumerate(block.dropna(subset=["mean"]).groupby("beta")):
+            best = d.loc[d.groupby("n_bob")["mean"].idxmax()].sort_values("n_bob")
+            axes[1].plot(best["n_bob"], best["retrain_from"], label=f"beta={_b(beta)}",
+                         **_STYLES[k % len(_STYLES)])
+            trends.append(f"beta={_b(beta)}: " + " → ".join(
+                f"l={r.retrain_from} (n={r.n_bob})" for r in best.itertuples()))
+        axes[1].set_xscale("log")
+        axes[1].set(xlabel="n_bob (Bob training samples)", ylabel="best retrain_from l",
+                    title=f"{title}, {mode}: best depth vs n_bob")
+        findings.append(f"{mode} best depth vs n_bob: " + "; ".join(trends))
+    depths = sorted(c["retrain_from"].unique())
+    for ax in axes:
+        ax.set_yticks(depths)
+        ax.set_ylim(depths[0] - 0.5, depths[-1] + 0.5)
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+    return "; ".join(findings)
+
+
+def _baselines(c: pd.DataFrame, title: str, path: Path) -> str | None:
+    """Per beta: the best Alice-based cell, scratch, and the best random-frozen cell."""
+    present = set(c["mode"])
+    series = {}
+    if present & set(ALICE_MODES):
+        series["best Alice-based"] = _best_per_beta(c[c["mode"].isin(ALICE_MODES)])
+    for mode in ("scratch", "random-frozen"):
+        if mode in present:
+            series[mode] = _best_per_beta(c[c["mode"] == mode])
+    if len(series) < 2:
+        return None
+    betas = sorted(c["beta"].unique())
+    fig = Figure(layout="constrained", figsize=(max(6, 1.2 * len(betas) + 2), 4.5))
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for k, (name, best) in enumerate(series.items()):
+        best = best.reindex(betas)
+        x = np.arange(len(betas)) + (k - (len(series) - 1) / 2) * width
+        ax.bar(x, 100 * best["mean"], width, yerr=100 * best["std"].fillna(0), capsize=3,
+               label=name)
+        if name == "best Alice-based":  # which mode and depth won
+            for xi, r in zip(x, best.itertuples()):
+                if not np.isnan(r.mean):
+                    ax.annotate(f"{r.mode}\nl={r.retrain_from}", (xi, 100 * r.mean), ha="center",
+                                va="bottom", fontsize=7, xytext=(0, 6), textcoords="offset points")
+    ax.axhline(100 * _chance(c), color="grey", linestyle="--", label="chance")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the annotations
+    ax.set_xticks(range(len(betas)), [_b(b) for b in betas])
+    ax.set(xlabel="beta", ylabel="Bob test accuracy (%)", title=title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+
+    findings = []
+    if "best Alice-based" in series:
+        alice = series["best Alice-based"]
+        b0 = alice.index[0]
+        gap = 100 * (alice.loc[b0, "mean"] - alice.loc[b0, "chance"])
+        findings.append(f"at beta={_b(b0)} the best Alice-based run "
+                        + (f"beats chance by {gap:.1f} points" if gap >= 0
+                           else f"is {-gap:.1f} points below chance"))
+    for mode in ALICE_MODES:
+        if mode not in present:
+            continue
+        own = _best_per_beta(c[c["mode"] == mode])["mean"]
+        for base in ("scratch", "random-frozen"):
+            if base in series:
+                other = series[base]["mean"]
+                common = own.index.intersection(other.index)
+                wins = int((own[common] > other[common]).sum())
+                findings.append(f"{mode} (best l) beats {base} at {wins} of {len(common)} betas")
+    return "; ".join(findings)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def _what_was_run(df: pd.DataFrame) -> list[str]:
+    def values(col):
+        return ", ".join(str(v) for v in sorted(df[col].unique()))
+    return [
+        f"- runs: {len(df)}",
+        f"- pairs: {values('pair')}",
+        f"- archs: {values('arch')}",
+        f"- modes: {', '.join(modes(df))}",
+        f"- betas: {', '.join(_b(b) for b in sorted(df['beta'].unique()))}",
+        f"- depths (retrain_from l): {values('retrain_from')} (L = {values('n_layers')})",
+        f"- seeds: {values('seed')}",
+        f"- n_bob: {values('n_bob')}",
+    ]
+
+
+def write_report(out: Path) -> list[Path]:
+    """Write the figures and summary.md under out/report/; return their paths."""
+    out = Path(out)
+    df = load(out)
+    c = cells(df)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[Path, str]] = []
+
+    def add(name: str, draw, *args) -> None:
+        path = report / name
+        finding = draw(*args, path)
+        if finding is not None:
+            figures.append((path, finding))
+
+    for (pair, arch), g in c.groupby(["pair", "arch"], sort=True):
+        stem = f"{_safe(pair)}_{_safe(arch)}"
+        n_values = sorted(g["n_bob"].unique())
+        for n_bob in n_values:
+            gn = g[g["n_bob"] == n_bob]
+            suffix = f"_n{n_bob}" if len(n_values) > 1 else ""
+            for mode in modes(gn):
+                title = f"{pair}, {arch}, {mode}, n_bob={n_bob}"
+                add(f"acc_vs_beta_{stem}_{_safe(mode)}{suffix}.png", _acc_vs_beta, gn, mode, title)
+                add(f"heatmap_{stem}_{_safe(mode)}{suffix}.png", _heatmap, gn, mode,
+                    f"{title}\nmean Bob test accuracy (%) over seeds")
+            add(f"baselines_{stem}{suffix}.png", _baselines, gn,
+                f"{pair}, {arch}, n_bob={n_bob}: best Alice-based vs baselines")
+        if set(g["mode"]) - {"scratch"}:
+            add(f"best_depth_{stem}.png", _best_depth, g, f"{pair}, {arch}")
+
+    lines = [f"# Transfer report: {out}", "", "## What was run", "", *_what_was_run(df), "",
+             "## Figures", ""]
+    lines += [f"- `{path.name}`: {finding}" for path, finding in figures]
+    summary = report / "summary.md"
+    write_bytes(summary, ("\n".join(lines) + "\n").encode())
+    return [path for path, _ in figures] + [summary]

@@ -1,0 +1,279 @@
+"""The results store: one row per finished Bob run, as Parquet files under `<out>/results/`.
+
+This is the only module that knows the layout:
+- `part-<utc time>-<uuid8>.parquet`: rows flushed together (at least every 64 rows or 60 s);
+- `results.parquet`: what `compact` merged all parts into;
+- `_runs.jsonl`: the write-ahead log. Every row is appended and fsynced here before `record`
+  returns, so a killed sweep loses no finished run; on open, rows logged but in no Parquet file
+  are written as a new part. The leading `_` makes pyarrow (hence `pandas.read_parquet(dir)`)
+  skip it; a name without it would be read as a broken Parquet file.
+Temporary files start with `.` (see engine.atomic), which pyarrow skips and `*.parquet` globs
+(DuckDB) do not match. One writer per store at a time; readers may open it with `read_only=True`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.atomic import atomic_path
+from engine.errors import EngineError
+
+COLUMNS: dict[str, pa.DataType] = {
+    "run_id": pa.string(),
+    "alice_id": pa.string(),          # empty for scratch / random-frozen
+    "dataset": pa.string(),           # dataset key
+    "pair": pa.string(),
+    "beta": pa.float64(),
+    "arch": pa.string(),
+    "seed": pa.int64(),
+    "retrain_from": pa.int64(),       # l: layers 1..l-1 kept, l..L trained (scratch: 1)
+    "n_layers": pa.int64(),           # L
+    "mode": pa.string(),              # finetune | reinit | scratch | random-frozen
+    "n_bob": pa.int64(),              # Bob training samples actually used
+    "epochs": pa.int64(),
+    "optimizer": pa.string(),
+    "lr": pa.float64(),
+    "batch_size": pa.int64(),
+    "test_acc": pa.float64(),         # fraction in [0, 1]
+    "test_loss": pa.float64(),
+    "train_acc": pa.float64(),
+    "train_loss": pa.float64(),
+    "alice_test_acc": pa.float64(),   # NaN when there is no Alice
+    "chance": pa.float64(),           # 1 / number of Bob classes
+    "wall_s": pa.float64(),
+    "samples_per_s": pa.float64(),
+    "device": pa.string(),
+    "engine_version": pa.string(),
+    "finished_at": pa.string(),       # ISO 8601, UTC
+    "spec_json": pa.string(),         # the run's full spec, canonical JSON
+}
+SCHEMA = pa.schema(list(COLUMNS.items()))
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _engine_version() -> str:
+    from engine import __version__
+    return __version__
+
+
+# Columns a row may leave out, and how to fill them. Every other column is required.
+OPTIONAL = {
+    "alice_id": lambda: "",
+    "alice_test_acc": lambda: math.nan,
+    "engine_version": _engine_version,
+    "finished_at": _now_iso,
+}
+
+FLUSH_ROWS = 64        # rows buffered before a part is written
+FLUSH_SECONDS = 60.0   # seconds a row may wait in the buffer
+LOG_NAME = "_runs.jsonl"
+COMPACT_NAME = "results.parquet"
+
+
+def validate(row: dict) -> dict:
+    """`row` checked against COLUMNS and converted to plain Python values, in COLUMNS order."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a results row must be a dict, got {type(row).__name__}")
+    unknown = [k for k in row if k not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown results column(s): {', '.join(map(str, unknown))}")
+    missing = [k for k in COLUMNS if k not in row and k not in OPTIONAL]
+    if missing:
+        raise ValueError(f"missing results column(s): {', '.join(missing)}")
+    out = {}
+    for name, dtype in COLUMNS.items():
+        value = row[name] if name in row else OPTIONAL[name]()
+        out[name] = _convert(name, dtype, value)
+    if not out["run_id"]:
+        raise ValueError("results column run_id must not be empty")
+    return out
+
+
+def _convert(name: str, dtype: pa.DataType, value):
+    bad = ValueError(f"results column {name} must be {dtype}, "
+                     f"got {value!r} ({type(value).__name__})")
+    if isinstance(value, (bool, np.bool_)):
+        raise bad
+    if dtype == pa.string():
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if dtype == pa.int64():
+        if not isinstance(value, (int, np.integer)):
+            raise bad
+        return int(value)
+    if value is None:  # float columns: None means "not measured"
+        return math.nan
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        raise bad
+    return float(value)
+
+
+def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    table = pq.read_table(path, columns=columns)
+    names = columns or list(COLUMNS)
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise EngineError(f"{path} is not a results file of this engine version "
+                          f"(missing column(s) {', '.join(missing)}); move it away")
+    return table.select(names).cast(pa.schema([(n, COLUMNS[n]) for n in names]))
+
+
+class ResultsStore:
+    """Append-only store of finished runs; see the module docstring for the layout."""
+
+    def __init__(self, out: Path, *, read_only: bool = False):
+        self.dir = Path(out) / "results"
+        self.log = self.dir / LOG_NAME
+        self.read_only = read_only
+        self._buffer: list[dict] = []
+        self._buffer_since = 0.0
+        self._stored: set[str] = set()        # run_ids in Parquet files or in the buffer
+        self._unflushed: list[dict] = []      # read-only: logged rows in no Parquet file
+        for part in self._parts():
+            self._stored.update(_read_part(part, ["run_id"]).column("run_id").to_pylist())
+        self._recover()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _parts(self) -> list[Path]:
+        """Parquet files in reading order: the compacted file, then parts oldest first."""
+        if not self.dir.is_dir():
+            return []
+        compact = self.dir / COMPACT_NAME
+        return ([compact] if compact.is_file() else []) + sorted(self.dir.glob("part-*.parquet"))
+
+    def _log_rows(self) -> list[dict]:
+        """Rows in the write-ahead log. A line cut short by a kill is skipped."""
+        if not self.log.is_file():
+            return []
+        rows = []
+        for number, line in enumerate(self.log.read_text().splitlines(), 1):
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            try:
+                rows.append(validate(raw))
+            except ValueError as exc:
+                raise EngineError(f"{self.log} line {number}: {exc}") from None
+        return rows
+
+    def _recover(self) -> None:
+        lost, seen = [], set(self._stored)
+        for row in self._log_rows():
+            if row["run_id"] not in seen:
+                seen.add(row["run_id"])
+                lost.append(row)
+        if self.read_only:
+            self._unflushed = lost
+            self._stored = seen
+            return
+        if self.log.is_file() and self.log.stat().st_size:
+            with open(self.log, "rb+") as f:  # end a cut-short line so the next append is whole
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+        if lost:
+            self._write_part(lost)
+            self._stored = seen
+
+    def completed_ids(self) -> set[str]:
+        return set(self._stored)
+
+    def _arrow(self) -> pa.Table:
+        tables = [_read_part(p) for p in self._parts()]
+        rows = self._unflushed + self._buffer
+        tables.append(pa.Table.from_pylist(rows, schema=SCHEMA))
+        return pa.concat_tables(tables)
+
+    def table(self) -> pd.DataFrame:
+        """All rows, one per run_id (the first stored wins), columns in COLUMNS order."""
+        df = self._arrow().to_pandas()
+        return df.drop_duplicates("run_id", keep="first").reset_index(drop=True)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError("this ResultsStore was opened read_only")
+
+    def record(self, row: dict) -> None:
+        """Log one finished run durably and buffer it; a run_id already stored is ignored."""
+        self._check_writable()
+        row = validate(row)
+        if row["run_id"] in self._stored:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(row, separators=(",", ":")) + "\n"
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+        self._buffer.append(row)
+        self._stored.add(row["run_id"])
+        waited = time.monotonic() - self._buffer_since
+        if len(self._buffer) >= FLUSH_ROWS or waited >= FLUSH_SECONDS:
+            self.flush()
+
+    def _write_part(self, rows: list[dict]) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        path = self.dir / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        self._write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+        return path
+
+    def _write_parquet(self, table: pa.Table, path: Path) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                pq.write_table(table, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        self._check_writable()
+        self._write_part(self._buffer)
+        self._buffer = []
+
+    def close(self) -> None:
+        if not self.read_only:
+            self.flush()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc) -> None:  # also on exceptions and KeyboardInterrupt
+        self.close()
+
+    def compact(self) -> None:
+        """Merge every Parquet file into results.parquet, then delete the parts. A kill between
+        the two leaves rows in both; `table` and `completed_ids` still count each run once."""
+        self._check_writable()
+        self.flush()
+        old = self._parts()
+        if not old:
+            return
+        merged = self._arrow()
+        _, first = np.unique(np.array(merged.column("run_id").to_pylist(), dtype=object),
+                             return_index=True)
+        self._write_parquet(merged.take(np.sort(first)), self.dir / COMPACT_NAME)
+        for part in old:
+            if part.name != COMPACT_NAME:
+                part.unlink()
