@@ -74,7 +74,10 @@ def plan_layout(left_shape: tuple[int, int, int], right_shape: tuple[int, int, i
     return Layout(height, int(left.geo[3] + right.geo[3]), channels, left, right)
 
 
-@njit(cache=True, nogil=True, inline="always")
+# The per-sample helpers are inlined into the cached entry kernels rather than cached themselves:
+# a separately cached callee shared by a serial and a parallel kernel with other array signatures
+# makes Numba's cache fail on a cold start (KeyError in the dispatcher).
+@njit(nogil=True, inline="always")
 def _compose_side(dst, offset, height, width, channels, src, geo, rows, cols):
     """Write one half of a sample at dst[offset:offset + height * width * channels] (flat uint8; a
     base offset rather than a slice keeps the buffer contiguous for LLVM's vectoriser);
@@ -118,7 +121,7 @@ def _compose_side(dst, offset, height, width, channels, src, geo, rows, cols):
                     dst[d + x * channels + ch] = v
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True, inline="always")
 def compose_one(dst, offset, height, width, channels, left_img, right_img, lgeo, lrows, lcols,
                 rgeo, rrows, rcols):
     """Write one composed sample at dst[offset:offset + H * W * C] (flat uint8); every byte of it
