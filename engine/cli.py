@@ -47,7 +47,54 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build the demo dataset and show what was built")
     p.add_argument("--data-root")
     p.add_argument("--out", default="out/demo")
+
+    p = sub.add_parser("pretrain", help="train Alice on a built dataset (reused when already done)")
+    p.add_argument("--data", required=True, help="a dataset directory written by build-data")
+    p.add_argument("--arch", default="cnn", help="mlp, cnn or resnet18")
+    _add_train_args(p, epochs_flag="--epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-epochs", default="", help="also save weights after these epochs, e.g. "
+                   "0,1,2 (0 = initial weights)")
+    p.add_argument("--out", help="sweep root; weights go to OUT/alice/ID "
+                   "(default: $ENGINE_SWEEP_OUT or ./out/sweep)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    p = sub.add_parser("sweep", help="run (or resume) a freeze-depth sweep into a results store")
+    p.add_argument("--pair", required=True, help="LEFT:RIGHT sources, e.g. mnist:svhn")
+    p.add_argument("--betas", required=True, help="comma-separated, each in [0, 1]")
+    p.add_argument("--layers", default="all", help="retrain-from layers l, or 'all' (1..L)")
+    p.add_argument("--seeds", default="0", help="comma-separated non-negative integers")
+    p.add_argument("--arch", default="cnn", help="comma-separated: mlp, cnn, resnet18")
+    p.add_argument("--modes", default="finetune,reinit", help="comma-separated: finetune, reinit")
+    p.add_argument("--baselines", default="scratch,random-frozen",
+                   help="comma-separated: scratch, random-frozen; or none")
+    p.add_argument("--n-bob", default="all", help="Bob's training samples: comma-separated "
+                   "positive integers or 'all'")
+    _add_train_args(p, epochs_flag="--epochs")
+    p.add_argument("--alice-epochs", type=int, default=10)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device-budget-gb", type=float, help="datasets with more image bytes are "
+                   "streamed from disk (default: half the device's free memory)")
+    p.add_argument("--out", help="sweep root (default: $ENGINE_SWEEP_OUT or ./out/sweep)")
+    _add_data_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the number of runs and stop")
+
+    p = sub.add_parser("results", help="print a sweep's results table")
+    p.add_argument("dir", help="a sweep root (--out of engine sweep)")
+    p.add_argument("--csv", help="also write every run as CSV to this file")
+
+    p = sub.add_parser("report", help="write a sweep's figures and summary")
+    p.add_argument("dir", help="a sweep root (--out of engine sweep)")
     return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs_flag: str) -> None:
+    p.add_argument(epochs_flag, dest="epochs", type=int, default=10)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, help="learning rate (default: sgd 0.01, adam 0.001)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--depth", type=int, help="blocks before the head (mlp, cnn; default 4)")
+    p.add_argument("--width", type=int, help="mlp units / cnn base channels (default 256 / 32)")
 
 
 def _build_data(args) -> int:
@@ -71,7 +118,54 @@ def _demo(args) -> int:
     return demo(data_root=args.data_root, out=Path(args.out))
 
 
-COMMANDS = {"build-data": _build_data, "inspect": _inspect, "demo": _demo}
+def _pretrain(args) -> int:
+    from engine import paths
+    from engine.alice import pretrain
+    from engine.manifest import read_manifest
+    from engine.runs import AliceSpec
+    from engine.sweep import parse_ints
+    data = Path(args.data)
+    spec = AliceSpec(dataset=read_manifest(data)["key"], arch=args.arch, optimizer=args.optimizer,
+                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                     depth=args.depth, width=args.width)
+    save = parse_ints(args.save_epochs, "save-epochs") if args.save_epochs else []
+    print(pretrain(data, spec, paths.sweep_out(args.out), save, args.device,
+                   log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
+def _sweep(args) -> int:
+    from engine import sweep
+    from engine.models import ARCHS
+    sweep.run_sweep(
+        args.pair, sweep.parse_betas(args.betas), sweep.parse_layers(args.layers),
+        sweep.parse_ints(args.seeds, "seeds"), sweep.parse_names(args.arch, "arch", tuple(ARCHS)),
+        sweep.parse_names(args.modes, "modes", ("finetune", "reinit")),
+        sweep.parse_baselines(args.baselines), sweep.parse_n_bobs(args.n_bob),
+        epochs=args.epochs, alice_epochs=args.alice_epochs, device=args.device, out=args.out,
+        n_train=args.n_train, n_test=args.n_test, data_root=args.data_root, dry_run=args.dry_run,
+        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, depth=args.depth,
+        width=args.width, device_budget_gb=args.device_budget_gb)
+    return 0
+
+
+def _results(args) -> int:
+    from engine.results import export_csv, results_table
+    print(results_table(Path(args.dir)))
+    if args.csv:
+        print(export_csv(Path(args.dir), Path(args.csv)), file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from engine.report import write_report
+    for path in write_report(Path(args.dir)):
+        print(path)
+    return 0
+
+
+COMMANDS = {"build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
+            "sweep": _sweep, "results": _results, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

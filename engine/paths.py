@@ -5,6 +5,7 @@ Resolution order for roots: explicit argument, then environment variable, then a
 - cache (decoded sources as memory-mapped arrays): `ENGINE_CACHE_DIR`, `$XDG_CACHE_HOME/engine`,
   `~/.cache/engine`
 - output (built datasets): `--out`, `ENGINE_OUT`, `./out/datasets`
+- sweep root (datasets, Alices, results): `--out`, `ENGINE_SWEEP_OUT`, `./out/sweep`
 """
 from __future__ import annotations
 
@@ -50,3 +51,31 @@ def split_file(dataset: Path, split: str) -> Path:
 
 def manifest_file(dataset: Path) -> Path:
     return dataset / "manifest.json"
+
+
+# Sweep outputs, all under one sweep root `out` (the store keeps its own layout under results/).
+
+def sweep_out(arg: str | os.PathLike | None = None) -> Path:
+    """Sweep root: `--out`, `ENGINE_SWEEP_OUT`, `./out/sweep`."""
+    if arg is not None:
+        return Path(arg).expanduser()
+    env = os.environ.get("ENGINE_SWEEP_OUT")
+    return Path(env).expanduser() if env else Path("out") / "sweep"
+
+
+def sweep_datasets(out: Path) -> Path:
+    return out / "datasets"
+
+
+def alice_dir(out: Path, alice_id: str) -> Path:
+    return out / "alice" / alice_id
+
+
+def alice_checkpoint(out: Path, alice_id: str) -> Path:
+    """Alice's final weights; written last, so its presence marks the directory complete."""
+    return alice_dir(out, alice_id) / "model.safetensors"
+
+
+def alice_epoch_checkpoint(out: Path, alice_id: str, epoch: int) -> Path:
+    """Alice's weights after `epoch` epochs (0 = at initialisation)."""
+    return alice_dir(out, alice_id) / f"epoch-{epoch}.safetensors"
