@@ -21,6 +21,7 @@ from engine.checksums import sha256_file, source_checksums
 from engine.errors import EngineError
 from engine.kernels.compose import Layout, fill_composed, plan_layout
 from engine.kernels.pairing import class_index, draw_pairing, pair
+from engine.kernels.shuffle import block_index, block_permutation, shuffle_page
 from engine.manifest import is_complete, read_manifest
 from engine.spec import DataSpec
 from engine.stats import label_stats
@@ -72,14 +73,52 @@ def _check_count(name: str, value) -> int | None:
     return int(value)
 
 
+def _check_block_shuffle(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise EngineError(f"--block-shuffle must be a positive integer block size, got {value!r}")
+    return int(value)
+
+
+def shuffle_permutation(layout: Layout, block: int | None, seed: int) -> np.ndarray | None:
+    """The fixed permutation of the composed image's blocks (seeded by the dataset seed), or None
+    when unshuffled. EngineError when the block size does not divide the composed image."""
+    if block is None:
+        return None
+    try:
+        return block_permutation(layout.height, layout.width, block, seed)
+    except ValueError as exc:
+        raise EngineError(f"--block-shuffle: {exc}") from None
+
+
+def check_block_shuffles(pair: str, blocks, *, data_root=None, fit: str = "pad",
+                         image_size: int = 32) -> None:
+    """EngineError unless every block size in `blocks` (None = unshuffled) divides the composed
+    image of `pair`: lets a sweep reject a bad size before it builds anything."""
+    blocks = [_check_block_shuffle(b) for b in blocks]
+    if all(b is None for b in blocks):
+        return
+    root = paths.data_root(data_root)
+    left, right = (sources.load(_canonical_source(s), "train", root=root, image_size=image_size)
+                   for s in parse_pair(pair))
+    layout = plan_layout(left.images.shape[1:], right.images.shape[1:], fit)
+    for b in blocks:
+        shuffle_permutation(layout, b, 0)
+
+
 def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
                n_test: int | None = None, data_root=None, out=None, force: bool = False,
-               fit: str = "pad", image_size: int = 32, log=None) -> Path:
-    """Build (or reuse) a dataset and return its directory. See the module docstring."""
+               fit: str = "pad", image_size: int = 32, block_shuffle: int | None = None,
+               log=None) -> Path:
+    """Build (or reuse) a dataset and return its directory. See the module docstring.
+    block_shuffle: shuffle every composed image's B x B blocks with one fixed permutation
+    (engine.kernels.shuffle; 1 = pixel shuffle; None = off)."""
     log = log or (lambda msg: None)
     left, right = (_canonical_source(s) for s in parse_pair(pair))
     beta = _check_beta(beta)
     n_train, n_test = _check_count("n-train", n_train), _check_count("n-test", n_test)
+    block_shuffle = _check_block_shuffle(block_shuffle)
     if fit not in ("pad", "resize"):
         raise EngineError(f"--fit must be 'pad' or 'resize', got {fit!r}")
     if int(seed) != seed or seed < 0:
@@ -91,7 +130,7 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
     spec = DataSpec(left=left, right=right, beta=beta, seed=int(seed),
                     n_train=n_train or len(splits["left", "train"].labels),
                     n_test=n_test or len(splits["left", "test"].labels),
-                    fit=fit, image_size=int(image_size))
+                    fit=fit, image_size=int(image_size), block_shuffle=block_shuffle)
     target = paths.dataset_dir(paths.datasets_out(out), spec.key)
     if not force and is_complete(target, spec):
         log(f"reusing {target} (same spec; --force rebuilds)")
@@ -109,6 +148,7 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
         if empty.size:
             raise EngineError(f"{right} {split} split has no images of class(es) "
                               f"{empty.tolist()}; Bob's classes all need images")
+    perm = shuffle_permutation(layout, spec.block_shuffle, spec.seed)
 
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -140,13 +180,14 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
             tmp.unlink(missing_ok=True)
 
     total = time.perf_counter() - started
-    manifest = _manifest(spec, splits, layout, results, root, total)
+    manifest = _manifest(spec, splits, layout, results, root, total, perm)
     write_json(paths.manifest_file(target), manifest)
     return target
 
 
 def write_split(path: Path, split: str, left, right, layout: Layout, spec: DataSpec, n: int):
-    """The hot path: pair n samples and compose them straight into `path` as a `.beton`.
+    """The hot path: pair n samples and compose them straight into `path` as a `.beton`, each
+    page's samples block-shuffled in place right after composing when the spec asks for it.
     Returns the layout facts and the label columns."""
     stream = np.random.SeedSequence(spec.seed, spawn_key=(SPLITS.index(split),))
     rng = np.random.Generator(np.random.PCG64(stream))
@@ -158,8 +199,13 @@ def write_split(path: Path, split: str, left, right, layout: Layout, spec: DataS
               **{name: beton.int_field() for name in SCALAR_FIELDS}}
     scalars = {"alice_label": alice, "bob_label": bob, "left_index": left_idx, "right_index": right_idx}
 
+    perm = shuffle_permutation(layout, spec.block_shuffle, spec.seed)
+    index = None if perm is None else block_index(layout.shape, spec.block_shuffle, perm)
+
     def fill(buf, first, count):
         fill_composed(buf, first, count, left.images, right.images, left_idx, right_idx, layout)
+        if index is not None:
+            shuffle_page(buf, count, index)
 
     return beton.write(path, fields, scalars, n, fill), scalars
 
@@ -181,7 +227,8 @@ def _half_box(plan) -> dict:
             "source_box": None if resize else [top, col0 + left, src_h, src_w]}
 
 
-def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path, seconds: float) -> dict:
+def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path, seconds: float,
+              perm: np.ndarray | None = None) -> dict:
     n = sum(r["samples"] for r in results.values())
     side = {}
     for name, src in (("left", spec.left), ("right", spec.right)):
@@ -200,6 +247,11 @@ def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path,
         "pi": "b = a mod C_right",
         "image_shape": list(layout.shape),
         "halves": {"left": _half_box(layout.left), "right": _half_box(layout.right)},
+        # Output block j (row-major over the composed image) is input block permutation[j].
+        "block_shuffle": None if perm is None else {
+            "block": spec.block_shuffle, "seed": spec.seed,
+            "grid": [layout.height // spec.block_shuffle, layout.width // spec.block_shuffle],
+            "permutation": perm.tolist()},
         "fields": {"image": {"type": "NDArrayField", "dtype": "uint8", "shape": list(layout.shape)},
                    **{f: {"type": "IntField"} for f in SCALAR_FIELDS}},
         "sources": side,

@@ -43,7 +43,9 @@ def summary(manifest: dict) -> str:
         f"pair         {spec['left']} (Alice, {len(left['classes'])} classes) : "
         f"{spec['right']} (Bob, {len(right['classes'])} classes)",
         f"beta         {spec['beta']:g}   seed {spec['seed']}   fit {spec['fit']}   pi: {manifest['pi']}",
-        f"image        {h}x{w}x{c} uint8 (left {left['image_shape']} + right {right['image_shape']})",
+        f"image        {h}x{w}x{c} uint8 (left {left['image_shape']} + right {right['image_shape']})"
+        + (f", {spec['block_shuffle']}x{spec['block_shuffle']} blocks shuffled (seed {spec['seed']})"
+           if spec.get("block_shuffle") else ""),
         f"built        {manifest['built_at']} in {manifest['build_seconds']:.2f} s "
         f"({manifest['samples_per_s']:,.0f} samples/s), engine {manifest['engine_version']}",
     ]

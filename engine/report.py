@@ -2,7 +2,9 @@
 the stored runs. Accuracies are shown in percent; "points" are percentage points.
 
 Figures are drawn on `matplotlib.figure.Figure` (Agg when saved), so no pyplot state is touched.
-With several n_bob values, per-mode figures get a `_n<n_bob>` suffix, one per value.
+With several n_bob values, per-mode figures get a `_n<n_bob>` suffix, one per value; with several
+block-shuffle sizes, every figure gets a `_blk<B>` suffix (`_blknone` unshuffled), one per size, and
+`acc_vs_block_*` compares the best Alice-based run with scratch across sizes.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from engine.atomic import atomic_path, write_bytes
-from engine.results import ALICE_MODES, cells, load, modes
+from engine.results import ALICE_MODES, block_name, cells, load, modes
 
 
 def _safe(name: str) -> str:
@@ -204,6 +206,51 @@ def _baselines(c: pd.DataFrame, title: str, path: Path) -> str | None:
     return "; ".join(findings)
 
 
+def _acc_vs_block(c: pd.DataFrame, title: str, path: Path) -> str | None:
+    """Neyshabur et al. (2020), Fig. 2: Bob's accuracy vs block-shuffle size, best Alice-based run
+    (over modes and depths) and scratch, one pair of lines per beta, at the largest n_bob."""
+    n_bob = c["n_bob"].max()
+    c = c[c["n_bob"] == n_bob]
+    series = {name: block for name, block in (("best Alice-based", c[c["mode"].isin(ALICE_MODES)]),
+                                               ("scratch", c[c["mode"] == "scratch"]))
+              if not block.empty}
+    if not series:
+        return None
+    # Small blocks (most shuffled) on the left, unshuffled ("none", stored as 0) on the right.
+    shuffles = sorted(c["block_shuffle"].unique(), key=lambda b: (b == 0, b))
+    x = {b: i for i, b in enumerate(shuffles)}
+    fig = Figure(layout="constrained", figsize=(max(6, 0.9 * len(shuffles) + 3), 4.5))
+    ax = fig.add_subplot()
+    gaps = []
+    for k, beta in enumerate(sorted(c["beta"].unique())):
+        best = {}
+        for (name, block), style in zip(series.items(), ("-", "--")):
+            d = block[block["beta"] == beta].dropna(subset=["mean"])
+            if d.empty:
+                continue
+            best[name] = (d.loc[d.groupby("block_shuffle")["mean"].idxmax()]
+                          .set_index("block_shuffle"))
+            b = best[name].loc[[s for s in shuffles if s in best[name].index]]
+            ax.errorbar([x[s] for s in b.index], 100 * b["mean"], yerr=100 * b["std"].fillna(0),
+                        color=f"C{k}", linestyle=style, marker="o", capsize=3,
+                        label=f"{name}, beta={_b(beta)}")
+        if len(best) == 2:
+            gap = 100 * (best["best Alice-based"]["mean"] - best["scratch"]["mean"]).dropna()
+            gaps.append(f"beta={_b(beta)}: " + ", ".join(
+                f"{gap[s]:+.1f} ({block_name(s)})" for s in shuffles if s in gap.index))
+    ax.axhline(100 * _chance(c), color="grey", linestyle="--", label="chance")
+    ax.set_xticks(range(len(shuffles)), [block_name(s) for s in shuffles])
+    ax.set(xlabel="block-shuffle size (pixels; none = unshuffled)", ylabel="Bob test accuracy (%)",
+           title=f"{title}, n_bob={n_bob}")
+    ax.legend(fontsize="small", ncol=2)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    if not gaps:
+        return f"only {', '.join(series)} runs; no Alice-based vs scratch comparison"
+    return (f"best Alice-based minus scratch at n_bob={n_bob}, points by block size: "
+            + "; ".join(gaps))
+
+
 # -- report --------------------------------------------------------------------------------------
 
 def _what_was_run(df: pd.DataFrame) -> list[str]:
@@ -218,6 +265,7 @@ def _what_was_run(df: pd.DataFrame) -> list[str]:
         f"- depths (retrain_from l): {values('retrain_from')} (L = {values('n_layers')})",
         f"- seeds: {values('seed')}",
         f"- n_bob: {values('n_bob')}",
+        "- block shuffle: " + ", ".join(block_name(b) for b in sorted(df["block_shuffle"].unique())),
     ]
 
 
@@ -236,21 +284,29 @@ def write_report(out: Path) -> list[Path]:
         if finding is not None:
             figures.append((path, finding))
 
-    for (pair, arch), g in c.groupby(["pair", "arch"], sort=True):
+    shuffles = sorted(c["block_shuffle"].unique())
+    for (pair, arch), ga in c.groupby(["pair", "arch"], sort=True):
         stem = f"{_safe(pair)}_{_safe(arch)}"
-        n_values = sorted(g["n_bob"].unique())
-        for n_bob in n_values:
-            gn = g[g["n_bob"] == n_bob]
-            suffix = f"_n{n_bob}" if len(n_values) > 1 else ""
-            for mode in modes(gn):
-                title = f"{pair}, {arch}, {mode}, n_bob={n_bob}"
-                add(f"acc_vs_beta_{stem}_{_safe(mode)}{suffix}.png", _acc_vs_beta, gn, mode, title)
-                add(f"heatmap_{stem}_{_safe(mode)}{suffix}.png", _heatmap, gn, mode,
-                    f"{title}\nmean Bob test accuracy (%) over seeds")
-            add(f"baselines_{stem}{suffix}.png", _baselines, gn,
-                f"{pair}, {arch}, n_bob={n_bob}: best Alice-based vs baselines")
-        if set(g["mode"]) - {"scratch"}:
-            add(f"best_depth_{stem}.png", _best_depth, g, f"{pair}, {arch}")
+        for shuffle, g in ga.groupby("block_shuffle", sort=True):
+            blk = f"_blk{'none' if shuffle == 0 else shuffle}" if len(shuffles) > 1 else ""
+            shown = f", blocks {block_name(shuffle)}" if len(shuffles) > 1 else ""
+            n_values = sorted(g["n_bob"].unique())
+            for n_bob in n_values:
+                gn = g[g["n_bob"] == n_bob]
+                suffix = blk + (f"_n{n_bob}" if len(n_values) > 1 else "")
+                for mode in modes(gn):
+                    title = f"{pair}, {arch}{shown}, {mode}, n_bob={n_bob}"
+                    add(f"acc_vs_beta_{stem}_{_safe(mode)}{suffix}.png", _acc_vs_beta, gn, mode,
+                        title)
+                    add(f"heatmap_{stem}_{_safe(mode)}{suffix}.png", _heatmap, gn, mode,
+                        f"{title}\nmean Bob test accuracy (%) over seeds")
+                add(f"baselines_{stem}{suffix}.png", _baselines, gn,
+                    f"{pair}, {arch}{shown}, n_bob={n_bob}: best Alice-based vs baselines")
+            if set(g["mode"]) - {"scratch"}:
+                add(f"best_depth_{stem}{blk}.png", _best_depth, g, f"{pair}, {arch}{shown}")
+        if ga["block_shuffle"].nunique() > 1:
+            add(f"acc_vs_block_{stem}.png", _acc_vs_block, ga,
+                f"{pair}, {arch}: Bob accuracy vs block shuffle")
 
     lines = [f"# Transfer report: {out}", "", "## What was run", "", *_what_was_run(df), "",
              "## Figures", ""]

@@ -1,4 +1,5 @@
 """`engine results DIR [--csv FILE]`: depth x beta tables of Bob's test accuracy, and CSV export.
+With several block-shuffle sizes in the store, each gets its own tables.
 
 Also the aggregation shared with engine.report: `load` and `cells`.
 """
@@ -16,7 +17,8 @@ from engine.store import ResultsStore
 ALICE_MODES = ("finetune", "reinit")          # Bob starts from Alice's layers
 BASELINES = ("scratch", "random-frozen")      # no Alice
 MODE_ORDER = ALICE_MODES + BASELINES
-CELL = ["pair", "arch", "mode", "n_bob", "retrain_from", "beta"]  # one cell = all seeds of these
+# One cell = all seeds of these.
+CELL = ["pair", "arch", "block_shuffle", "mode", "n_bob", "retrain_from", "beta"]
 
 
 def load(out: Path) -> pd.DataFrame:
@@ -25,6 +27,11 @@ def load(out: Path) -> pd.DataFrame:
     if df.empty:
         raise EngineError(f"no results in {out}; run `engine sweep --out {out}` first")
     return df
+
+
+def block_name(block: int) -> str:
+    """A block_shuffle value for people: 0 -> "none", 4 -> "4x4"."""
+    return "none" if block == 0 else f"{block}x{block}"
 
 
 def modes(df: pd.DataFrame) -> list[str]:
@@ -82,17 +89,19 @@ def _format_block(block: pd.DataFrame, title: str) -> list[str]:
 
 def results_table(out: Path) -> str:
     """Text tables of Bob's test accuracy (%, mean ± std over seeds), one per
-    (pair, arch, mode, n_bob)."""
+    (pair, arch, mode, n_bob), and per block-shuffle size when the store has several."""
     df = load(out)
     c = cells(df)
     lines = [f"{len(df)} runs in {Path(out) / 'results'}; Bob test accuracy in %, mean ± std over "
              "seeds; rows: retrain_from l, columns: beta; Alice = her test accuracy (mean)"]
-    for (pair, arch), group in c.groupby(["pair", "arch"], sort=True):
+    shuffles = sorted(c["block_shuffle"].unique())
+    for (pair, arch, shuffle), group in c.groupby(["pair", "arch", "block_shuffle"], sort=True):
+        shown = f"  block shuffle {block_name(shuffle)}" if len(shuffles) > 1 else ""
         for mode in modes(group):
             by_n = group[group["mode"] == mode]
             for n_bob in sorted(by_n["n_bob"].unique()):
                 block = by_n[by_n["n_bob"] == n_bob]
-                title = f"pair {pair}  arch {arch}  mode {mode}  n_bob {n_bob}"
+                title = f"pair {pair}  arch {arch}{shown}  mode {mode}  n_bob {n_bob}"
                 lines += [""] + _format_block(block, title)
     return "\n".join(lines)
 

@@ -170,13 +170,15 @@ def check_betas(betas: Iterable) -> list[float]:
 def expand_sweep(betas: Sequence[float], archs: Sequence[str], seeds: Sequence[int],
                  layers: str | Sequence[int] = "all", modes: Sequence[str] = TRANSFER_MODES,
                  baselines: Sequence[str] = BASELINES, n_bobs: Sequence[int | None] = (None,), *,
-                 datasets: Mapping[float, str] | None = None, bob: Training = Training(),
+                 datasets: Mapping[float, str] | None = None,
+                 alice_datasets: Mapping[float, str] | None = None, bob: Training = Training(),
                  alice: Training = Training(), depth: int | None = None,
                  width: int | None = None, global_pool: bool = False) -> list[BobSpec]:
     """Every Bob run of a sweep, in the order described in the module docstring.
 
     `layers` is "all" (1..L of each arch) or retrain_from values valid for every arch.
     `datasets` maps beta to dataset key; without it keys are placeholders "beta-<b>" (dry runs).
+    `alice_datasets` maps beta to the dataset Alice pre-trains on (default: Bob's, `datasets`).
     """
     betas = check_betas(betas)
     archs, seeds = _unique(archs, "archs"), _unique(seeds, "seeds")
@@ -219,7 +221,8 @@ def expand_sweep(betas: Sequence[float], archs: Sequence[str], seeds: Sequence[i
         for arch in archs:
             ls = range(1, sizes[arch] + 1) if layers == "all" else layers
             for seed in seeds:
-                a_id = alice_spec(key, arch, seed, alice, **arch_opts).id if modes else ""
+                a_key = alice_datasets[beta] if alice_datasets else key
+                a_id = alice_spec(a_key, arch, seed, alice, **arch_opts).id if modes else ""
                 common = dict(dataset=key, arch=arch, seed=seed, **train_opts, **arch_opts)
                 specs += [BobSpec(alice_id=a_id, retrain_from=l, mode=m, n_bob=n, **common)
                           for l in ls for m in modes for n in n_bobs]

@@ -19,7 +19,8 @@ def canonical_json(obj) -> str:
 
 
 def spec_hash(spec, length: int = 12) -> str:
-    payload = canonical_json({"type": type(spec).__name__, **dataclasses.asdict(spec)})
+    fields = spec.to_dict() if hasattr(spec, "to_dict") else dataclasses.asdict(spec)
+    payload = canonical_json({"type": type(spec).__name__, **fields})
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
@@ -39,6 +40,7 @@ class DataSpec:
     fit: str = "pad"  # "pad" or "resize", see engine.kernels.compose
     image_size: int = 32  # side length for folder: sources, pixels
     format_version: int = DATA_FORMAT_VERSION
+    block_shuffle: int | None = None  # block size B in pixels (1 = pixel shuffle); None = off
 
     @property
     def pair(self) -> str:
@@ -49,7 +51,13 @@ class DataSpec:
         """Directory name: readable prefix plus the spec hash."""
         left, right = (_slug(s.split(":", 1)[0] if s.startswith(("npz:", "folder:")) else s)
                        for s in (self.left, self.right))
-        return f"{left}-{right}-b{self.beta:g}-s{self.seed}-{spec_hash(self)}"
+        shuffle = "" if self.block_shuffle is None else f"-blk{self.block_shuffle}"
+        return f"{left}-{right}-b{self.beta:g}-s{self.seed}{shuffle}-{spec_hash(self)}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields; block_shuffle only when set, so unshuffled datasets keep the keys (and
+        manifests) they had before the field existed."""
+        d = dataclasses.asdict(self)
+        if d["block_shuffle"] is None:
+            del d["block_shuffle"]
+        return d

@@ -34,6 +34,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "dataset": pa.string(),           # dataset key
     "pair": pa.string(),
     "beta": pa.float64(),
+    "block_shuffle": pa.int64(),      # block size B of the dataset's block shuffle, pixels; 0 = none
     "arch": pa.string(),
     "seed": pa.int64(),
     "retrain_from": pa.int64(),       # l: layers 1..l-1 kept, l..L trained (scratch: 1)
@@ -77,6 +78,10 @@ OPTIONAL = {
     "finished_at": _now_iso,
 }
 
+# Columns added after stores were first written: their value in rows (log lines, parts, callers)
+# from before; a row may leave them out too.
+ADDED = {"block_shuffle": 0}
+
 FLUSH_ROWS = 64        # rows buffered before a part is written
 FLUSH_SECONDS = 60.0   # seconds a row may wait in the buffer
 LOG_NAME = "_runs.jsonl"
@@ -90,12 +95,12 @@ def validate(row: dict) -> dict:
     unknown = [k for k in row if k not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown results column(s): {', '.join(map(str, unknown))}")
-    missing = [k for k in COLUMNS if k not in row and k not in OPTIONAL]
+    missing = [k for k in COLUMNS if k not in row and k not in OPTIONAL and k not in ADDED]
     if missing:
         raise ValueError(f"missing results column(s): {', '.join(missing)}")
     out = {}
     for name, dtype in COLUMNS.items():
-        value = row[name] if name in row else OPTIONAL[name]()
+        value = row[name] if name in row else ADDED[name] if name in ADDED else OPTIONAL[name]()
         out[name] = _convert(name, dtype, value)
     if not out["run_id"]:
         raise ValueError("results column run_id must not be empty")
@@ -123,12 +128,16 @@ def _convert(name: str, dtype: pa.DataType, value):
 
 
 def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
-    table = pq.read_table(path, columns=columns)
     names = columns or list(COLUMNS)
-    missing = [n for n in names if n not in table.column_names]
+    present = set(pq.read_schema(path).names)
+    missing = [n for n in names if n not in present and n not in ADDED]
     if missing:
         raise EngineError(f"{path} is not a results file of this engine version "
                           f"(missing column(s) {', '.join(missing)}); move it away")
+    table = pq.read_table(path, columns=[n for n in names if n in present])
+    for n in names:
+        if n not in present:
+            table = table.append_column(n, pa.array([ADDED[n]] * len(table), COLUMNS[n]))
     return table.select(names).cast(pa.schema([(n, COLUMNS[n]) for n in names]))
 
 
@@ -277,3 +286,41 @@ class ResultsStore:
         for part in old:
             if part.name != COMPACT_NAME:
                 part.unlink()
+
+
+# Analysis tables ---------------------------------------------------------------------------------
+# `engine analyze` results beside the runs: `<out>/analysis/<kind>/part-<utc time>-<uuid8>.parquet`,
+# any columns, one part per call. Later parts repeat earlier keys when an analysis is re-run; readers
+# keep what they need (e.g. the last row per key).
+
+def _analysis_dir(out, kind: str) -> Path:
+    from engine import paths
+    if not kind or not all(c.isalnum() or c in "-_" for c in kind):
+        raise ValueError(f"analysis kind must be letters, digits, '-' or '_', got {kind!r}")
+    return paths.analysis_dir(Path(out)) / kind
+
+
+def write_analysis(out, kind: str, rows: list[dict]) -> Path:
+    """Write `rows` (flat dicts of str/int/float/bool) as one new Parquet part; return its path."""
+    if not rows:
+        raise ValueError("write_analysis needs at least one row")
+    directory = _analysis_dir(out, kind)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    path = directory / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+    return path
+
+
+def read_analysis(out, kind: str) -> pd.DataFrame:
+    """Every row written for `kind`, parts oldest first; an empty frame when there are none."""
+    directory = _analysis_dir(out, kind)
+    parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)

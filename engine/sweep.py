@@ -1,11 +1,16 @@
 """`engine sweep`: datasets, Alices and every Bob run of a freeze-depth sweep, resumable.
 
 Order of work: validate every option (by expanding the sweep with placeholder datasets), build or
-reuse one dataset per beta under `<out>/datasets`, expand the real runs, drop those the results
-store already holds, then per dataset: load it once (onto the device, or streamed from disk when
-it exceeds the device budget), pre-train or reuse each Alice when first needed, and run the Bobs,
-recording each finished run at once. An interrupted sweep keeps what it recorded; running it again
-does only the missing runs.
+reuse one dataset per (beta, block-shuffle size) under `<out>/datasets`, expand the real runs, drop
+those the results store already holds, then per dataset: load it once (onto the device, or streamed
+from disk when it exceeds the device budget), pre-train or reuse each Alice when first needed, and
+run the Bobs, recording each finished run at once. An interrupted sweep keeps what it recorded;
+running it again does only the missing runs.
+
+Block shuffling (Neyshabur et al. 2020, Sec. 3.1): Bob's datasets may have their images'
+B x B blocks shuffled (engine.kernels.shuffle); Alice always pre-trains on the unshuffled dataset of
+the same beta, so Alice-based runs on a shuffled dataset reuse features learnt on clean images, as
+pre-trained networks do in the paper, and scratch runs are its random-init baseline.
 """
 from __future__ import annotations
 
@@ -19,8 +24,8 @@ from typing import Callable, Sequence, TextIO
 import torch
 
 from engine import __version__, paths
-from engine.alice import device_name, load_data, pretrain, resolve_device
-from engine.build import build_data, parse_pair
+from engine.alice import device_name, is_complete, load_data, pretrain, resolve_device
+from engine.build import build_data, check_block_shuffles, parse_pair
 from engine.checkpoint import load_checkpoint
 from engine.errors import EngineError
 from engine.freeze import frozen_prefix, prepare_bob
@@ -105,6 +110,19 @@ def parse_baselines(text: str) -> list[str]:
     return [] if str(text).strip().lower() == "none" else parse_names(text, "baselines", BASELINES)
 
 
+def parse_block_shuffles(text: str) -> list[int | None]:
+    """"1,4,none" -> [1, 4, None]: block sizes in pixels, 'none' = unshuffled."""
+    out = []
+    for t in _items(text, "block-shuffle"):
+        if t.lower() == "none":
+            out.append(None)
+        elif t.isdigit() and int(t) >= 1:
+            out.append(int(t))
+        else:
+            raise EngineError(f"--block-shuffle: {t!r} is not a positive block size or 'none'")
+    return list(dict.fromkeys(out))
+
+
 # One Bob run -------------------------------------------------------------------------------------
 
 def run_bob(spec: BobSpec, train, test, *, n_classes: int, alice_state: dict | None,
@@ -138,7 +156,8 @@ def make_row(spec: BobSpec, metrics: dict, manifest: dict, alice_test_acc: float
     """A results row (engine.store.COLUMNS)."""
     return {
         "run_id": spec.run_id, "alice_id": spec.alice_id, "dataset": spec.dataset,
-        "pair": manifest["pair"], "beta": float(manifest["spec"]["beta"]), "arch": spec.arch,
+        "pair": manifest["pair"], "beta": float(manifest["spec"]["beta"]),
+        "block_shuffle": manifest["spec"].get("block_shuffle") or 0, "arch": spec.arch,
         "seed": spec.seed, "retrain_from": spec.retrain_from, "mode": spec.mode,
         "epochs": spec.epochs, "optimizer": spec.optimizer, "lr": spec.lr,
         "batch_size": spec.batch_size, **metrics, "alice_test_acc": alice_test_acc,
@@ -160,9 +179,12 @@ def run_sweep(pair: str, betas: Sequence[float], layers: str | Sequence[int] = "
               alice_optimizer: str | None = None, alice_lr: float | None = None,
               depth: int | None = None, width: int | None = None, global_pool: bool = False,
               data_seed: int = 0, alice_save_epochs: Sequence[int] = (),
-              device_budget_gb: float | None = None, stdout: TextIO | None = None,
+              device_budget_gb: float | None = None,
+              block_shuffles: Sequence[int | None] = (None,), stdout: TextIO | None = None,
               stderr: TextIO | None = None) -> dict:
     """Run (or resume) a sweep; see the module docstring. Returns counts: total, done_before, ran.
+
+    block_shuffles: one dataset per beta and entry, None = unshuffled (see the module docstring).
 
     lr None: the optimizer's default; Alice uses `optimizer`, the default lr and `batch_size`
     unless `alice_optimizer`/`alice_lr` are given.
@@ -176,7 +198,10 @@ def run_sweep(pair: str, betas: Sequence[float], layers: str | Sequence[int] = "
     arch_opts = {"depth": depth, "width": width, "global_pool": global_pool}
     grid = dict(betas=betas, archs=archs, seeds=seeds, layers=layers, modes=modes,
                 baselines=baselines, n_bobs=n_bobs, bob=bob, alice=alice, **arch_opts)
-    plan = expand_sweep(**grid)  # validates every option before any work
+    blocks = list(dict.fromkeys(block_shuffles))
+    if not blocks:
+        raise EngineError("--block-shuffle must list at least one block size or 'none'")
+    plan = _expand(grid, blocks)  # validates every option before any work
     if device_budget_gb is not None and not (math.isfinite(device_budget_gb) and device_budget_gb > 0):
         raise EngineError(f"--device-budget-gb must be a positive number, got {device_budget_gb!r}")
     if dry_run:
@@ -186,23 +211,28 @@ def run_sweep(pair: str, betas: Sequence[float], layers: str | Sequence[int] = "
         if len(plan) > DRY_RUN_SHOWN:
             print(f"  ... and {len(plan) - DRY_RUN_SHOWN} more", file=stdout)
         return {"total": len(plan), "done_before": 0, "ran": 0}
+    check_block_shuffles(pair, blocks, data_root=data_root)
     device = resolve_device(device)
     out = paths.sweep_out(out)
 
     dirs: dict[str, Path] = {}
-    keys: dict[float, str] = {}
-    for beta in betas:
-        d = build_data(pair, beta, seed=data_seed, n_train=n_train, n_test=n_test,
-                       data_root=data_root, out=paths.sweep_datasets(out), log=log)
-        keys[beta], dirs[d.name] = d.name, d
-        size = read_manifest(d)["spec"]["n_train"]
-        too_big = [n for n in n_bobs if n is not None and n > size]
-        if too_big:
-            raise EngineError(f"--n-bob {max(too_big)} exceeds the {size} training samples of "
-                              f"{d.name}; use at most {size} or 'all'")
-    specs = expand_sweep(**grid, datasets=keys)
-    alices = {a.id: a for a in (alice_spec(keys[b], arch, s, alice, **arch_opts)
-                                for b in betas for arch in archs for s in seeds)}
+    keys: dict[tuple[float, int | None], str] = {}
+    # Alice pre-trains on the unshuffled datasets, built even when Bob uses none of them.
+    needed = blocks + ([None] if modes and None not in blocks else [])
+    for block in needed:
+        for beta in betas:
+            d = build_data(pair, beta, seed=data_seed, n_train=n_train, n_test=n_test,
+                           data_root=data_root, out=paths.sweep_datasets(out),
+                           block_shuffle=block, log=log)
+            keys[beta, block], dirs[d.name] = d.name, d
+            size = read_manifest(d)["spec"]["n_train"]
+            too_big = [n for n in n_bobs if n is not None and n > size]
+            if too_big:
+                raise EngineError(f"--n-bob {max(too_big)} exceeds the {size} training samples of "
+                                  f"{d.name}; use at most {size} or 'all'")
+    specs = _expand(grid, blocks, keys)
+    alices = {a.id: a for a in (alice_spec(keys[b, None], arch, s, alice, **arch_opts)
+                                for b in betas for arch in archs for s in seeds)} if modes else {}
 
     with ResultsStore(out) as store:
         done = store.completed_ids()
@@ -214,16 +244,33 @@ def run_sweep(pair: str, betas: Sequence[float], layers: str | Sequence[int] = "
         bar = Progress(len(pending), stream=stderr)
         try:
             for key, group in itertools.groupby(pending, key=lambda s: s.dataset):
-                _run_dataset(dirs[key], list(group), alices, store, cache, device, bar, out,
+                _run_dataset(dirs[key], list(group), alices, dirs, store, cache, device, bar, out,
                              alice_save_epochs, device_budget_gb)
         finally:
             bar.close()
     return {"total": len(specs), "done_before": len(specs) - len(pending), "ran": len(pending)}
 
 
-def _run_dataset(dataset_dir: Path, specs: list[BobSpec], alices: dict, store: ResultsStore,
-                 cache: CompiledModelCache, device: torch.device, bar: Progress, out: Path,
-                 save_epochs: Sequence[int], budget_gb: float | None) -> None:
+def _expand(grid: dict, blocks: list[int | None],
+            keys: dict[tuple[float, int | None], str] | None = None) -> list[BobSpec]:
+    """Every Bob run, per block size in `blocks` (None = unshuffled); Alice's dataset is always
+    the unshuffled one. Without `keys`, placeholder dataset names (dry runs)."""
+    def key(beta, block):
+        if keys is not None:
+            return keys[beta, block]
+        return f"beta-{beta:g}" + ("" if block is None else f"-blk{block}")
+
+    specs = []
+    for block in blocks:
+        specs += expand_sweep(**grid, datasets={b: key(b, block) for b in grid["betas"]},
+                              alice_datasets={b: key(b, None) for b in grid["betas"]})
+    return specs
+
+
+def _run_dataset(dataset_dir: Path, specs: list[BobSpec], alices: dict, dirs: dict[str, Path],
+                 store: ResultsStore, cache: CompiledModelCache, device: torch.device,
+                 bar: Progress, out: Path, save_epochs: Sequence[int],
+                 budget_gb: float | None) -> None:
     manifest = read_manifest(dataset_dir)
     stream = not fits_on_device(dataset_dir, device, budget_gb)
     if stream:
@@ -234,8 +281,14 @@ def _run_dataset(dataset_dir: Path, specs: list[BobSpec], alices: dict, store: R
     alice_id, alice_state, alice_acc = None, None, math.nan
     for spec in specs:
         if spec.alice_id and spec.alice_id != alice_id:
-            path = pretrain(dataset_dir, alices[spec.alice_id], out, save_epochs, device,
-                            data=data, cache=cache, log=bar.write)
+            a = alices[spec.alice_id]
+            a_dir, a_data = dirs[a.dataset], data
+            if a_dir != dataset_dir:  # Bob's images are block-shuffled, Alice's are not
+                a_data = None if is_complete(out, a, save_epochs) else load_data(a_dir, device,
+                                                                                  stream=stream)
+            path = pretrain(a_dir, a, out, save_epochs, device, data=a_data, cache=cache,
+                            log=bar.write)
+            del a_data  # frees Alice's images before Bob's runs
             state, _, metrics = load_checkpoint(path)
             alice_id, alice_state = spec.alice_id, {k: v.to(device) for k, v in state.items()}
             alice_acc = float(metrics["test_acc"])
