@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", choices=["pad", "resize"], default="pad",
                    help="bring halves to a common height by zero-padding (default) or resizing")
     p.add_argument("--image-size", type=int, default=32, help="side length for folder: sources")
+    shuffle = p.add_mutually_exclusive_group()
+    shuffle.add_argument("--block-shuffle", type=int, metavar="B",
+                         help="shuffle each composed image's BxB blocks with one fixed permutation "
+                         "(seeded by --seed); B must divide the image's height and width")
+    shuffle.add_argument("--pixel-shuffle", action="store_const", const=1, dest="block_shuffle",
+                         help="the same as --block-shuffle 1")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete copy exists")
 
     p = sub.add_parser("inspect", help="print a dataset's manifest and draw a sample grid")
@@ -77,14 +83,55 @@ def build_parser() -> argparse.ArgumentParser:
                    "streamed from disk (default: half the device's free memory)")
     p.add_argument("--out", help="sweep root (default: $ENGINE_SWEEP_OUT or ./out/sweep)")
     _add_data_args(p)
+    p.add_argument("--block-shuffle", default="none", help="Bob's datasets: comma-separated block "
+                   "sizes B (1 = pixel shuffle) and/or 'none', one dataset per beta and entry, "
+                   "e.g. 1,2,4,7,14,28,none; Alice pre-trains on the unshuffled one")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and stop")
 
     p = sub.add_parser("results", help="print a sweep's results table")
     p.add_argument("dir", help="a sweep root (--out of engine sweep)")
     p.add_argument("--csv", help="also write every run as CSV to this file")
 
+    p = sub.add_parser("manifold-sweep", help="best transfer depth in the correlated "
+                       "hidden-manifold model: mlp fine-tunes over depth x n_target x overlap")
+    p.add_argument("--overlaps", default="1,0.9,0.5,0", help="source-target similarities in [0, 1]")
+    p.add_argument("--vary", choices=["both", "features", "teacher"], default="both",
+                   help="which overlap the similarity sets (the other stays 1)")
+    p.add_argument("--n-target", default="100,300,1000,3000", help="Bob's training sample sizes")
+    p.add_argument("--seeds", default="0", help="comma-separated non-negative integers")
+    p.add_argument("--d-latent", type=int, default=20)
+    p.add_argument("--target-latent", type=int, help="target latent dimension (default --d-latent)")
+    p.add_argument("--n-input", type=int, default=200)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--nonlinearity", choices=["tanh", "sign"], default="tanh")
+    p.add_argument("--n-source", type=int, default=10000, help="Alice's training samples")
+    p.add_argument("--n-test", type=int, default=2000, help="samples per test split")
+    p.add_argument("--epochs", type=int, default=20, help="Bob's epochs (see --min-steps)")
+    p.add_argument("--min-steps", type=int, default=200, help="Bob's minimum optimiser steps")
+    p.add_argument("--alice-epochs", type=int, default=10)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
+    p.add_argument("--lr", type=float, help="learning rate (default: sgd 0.01, adam 0.001)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--depth", type=int, default=4, help="mlp blocks before the head")
+    p.add_argument("--width", type=int, default=64, help="mlp units per block")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--out", help="sweep root (default: $ENGINE_SWEEP_OUT or ./out/sweep)")
+
     p = sub.add_parser("report", help="write a sweep's figures and summary")
     p.add_argument("dir", help="a sweep root (--out of engine sweep)")
+
+    p = sub.add_parser("toy", help="Gaussian feature-correlation model: Alice's weights and Bob's "
+                       "accuracy vs alpha, analytic and simulated")
+    p.add_argument("--k", type=int, default=4, help="features per group (default 4)")
+    p.add_argument("--n", type=int, default=20000, help="samples per simulated set (default 20000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alphas", help="comma-separated, each in [-1, 1], written --alphas=-1,0,1 "
+                   "(default: -1 to 1 in steps of 0.1)")
+    p.add_argument("--lam", type=float, default=1.0, help="Alice's ridge strength, > 0 (default 1)")
+    p.add_argument("--hidden", type=int, default=0, help="also simulate an MLP Alice of this width "
+                   "(default 0: none)")
+    p.add_argument("--length", type=float, help="S2 correlation length in features (default k)")
+    p.add_argument("--out", required=True, help="directory for toy.csv and the two figures")
     return parser
 
 
@@ -101,7 +148,8 @@ def _build_data(args) -> int:
     from engine.build import build_data
     path = build_data(args.pair, args.beta, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                       data_root=args.data_root, out=args.out, force=args.force, fit=args.fit,
-                      image_size=args.image_size, log=lambda m: print(m, file=sys.stderr))
+                      image_size=args.image_size, block_shuffle=args.block_shuffle,
+                      log=lambda m: print(m, file=sys.stderr))
     print(path)
     return 0
 
@@ -145,7 +193,8 @@ def _sweep(args) -> int:
         epochs=args.epochs, alice_epochs=args.alice_epochs, device=args.device, out=args.out,
         n_train=args.n_train, n_test=args.n_test, data_root=args.data_root, dry_run=args.dry_run,
         optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, depth=args.depth,
-        width=args.width, device_budget_gb=args.device_budget_gb)
+        width=args.width, device_budget_gb=args.device_budget_gb,
+        block_shuffles=sweep.parse_block_shuffles(args.block_shuffle))
     return 0
 
 
@@ -157,6 +206,24 @@ def _results(args) -> int:
     return 0
 
 
+def _manifold_sweep(args) -> int:
+    from engine.manifold_figures import format_best
+    from engine.manifold_sweep import parse_overlaps, run_manifold_sweep
+    from engine.sweep import parse_ints
+    result = run_manifold_sweep(
+        parse_overlaps(args.overlaps), parse_ints(args.n_target, "n-target", minimum=1),
+        parse_ints(args.seeds, "seeds"), vary=args.vary, d_latent=args.d_latent,
+        n_input=args.n_input, target_latent=args.target_latent, n_classes=args.classes,
+        nonlinearity=args.nonlinearity, n_source=args.n_source, n_test=args.n_test,
+        epochs=args.epochs, min_steps=args.min_steps, alice_epochs=args.alice_epochs,
+        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, depth=args.depth,
+        width=args.width, device=args.device, out=args.out)
+    print(format_best(result["best"]))
+    for path in result["figures"]:
+        print(path)
+    return 0
+
+
 def _report(args) -> int:
     from engine.report import write_report
     for path in write_report(Path(args.dir)):
@@ -164,8 +231,17 @@ def _report(args) -> int:
     return 0
 
 
+def _toy(args) -> int:
+    from engine.toy import parse_alphas, run_toy
+    print(run_toy(Path(args.out), k=args.k, n=args.n, seed=args.seed, alphas=parse_alphas(args.alphas),
+                  lam=args.lam, hidden=args.hidden, length=args.length,
+                  log=lambda m: print(m, file=sys.stderr)))
+    return 0
+
+
 COMMANDS = {"build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
-            "sweep": _sweep, "results": _results, "report": _report}
+            "sweep": _sweep, "results": _results, "report": _report, "toy": _toy,
+            "manifold-sweep": _manifold_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,26 @@ def alice_checkpoint(out: Path, alice_id: str) -> Path:
 def alice_epoch_checkpoint(out: Path, alice_id: str, epoch: int) -> Path:
     """Alice's weights after `epoch` epochs (0 = at initialisation)."""
     return alice_dir(out, alice_id) / f"epoch-{epoch}.safetensors"
+
+
+def manifold_figures(out: Path) -> Path:
+    """PNGs of `engine manifold-sweep` (engine.manifold_figures)."""
+    return out / "manifold"
+
+
+# Analyses (`engine analyze`), under the sweep root `out`; their tables live in the store
+# (engine.store.write_analysis).
+
+def analysis_dir(out: Path) -> Path:
+    """PNGs of `engine analyze`; the store's analysis tables live in subdirectories."""
+    return out / "analysis"
+
+
+def feature_cache(out: Path, name: str) -> Path:
+    """One cached activation array, `<model-id>-<split>-l<k>.npy` (engine.analysis.artifacts)."""
+    return analysis_dir(out) / "cache" / f"{name}.npy"
+
+
+def bob_checkpoint(out: Path, run_id: str) -> Path:
+    """Bob's weights, re-created on demand by engine.analysis.artifacts.bob_model."""
+    return out / "bob" / f"{run_id}.safetensors"

@@ -1,7 +1,8 @@
 """The trainer: one training run (Alice's, or one of Bob's fine-tunes) from data to metrics.
 
 Chapters, in order:
-1. Data on the device: the whole dataset uploaded once as uint8, normalised per batch on the device.
+1. Data on the device: the whole dataset uploaded once as uint8, normalised per batch on the device
+   (or float32 feature vectors, used as they are).
 2. Batching: a seeded on-device permutation per epoch.
 3. Runners: the model split at the frozen boundary into `prefix` and `tail`, compiled or not, and
    the `CompiledModelCache` that compiles each split once and reuses it across runs.
@@ -71,6 +72,7 @@ class DeviceData:
 
     `mean`/`std` (float32 [C], [0, 1] pixel units) define the normalisation
     x = (pixel / 255 - mean) / std applied per batch; a test split takes its train split's stats.
+    Float32 `images` (from `from_features`) are model inputs already and are not normalised.
     """
 
     def __init__(self, images: Tensor, labels: dict[str, Tensor], mean: Tensor, std: Tensor):
@@ -101,12 +103,7 @@ class DeviceData:
         # NHWC memory viewed as NCHW is channels-last; make it plain NCHW where that is faster.
         x = host.to(device, copy=True).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=_memory_format(device))
-        ys = {}
-        for name, y in labels.items():
-            y = np.asarray(y)
-            if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-                raise EngineError(f"label {name!r} must be {n} integers, got {y.dtype} {y.shape}")
-            ys[name] = torch.from_numpy(y.astype(np.int64)).to(device)
+        ys = _upload_labels(labels, n, device)
         if stats is None:
             mean, std = _channel_stats(x)
         else:
@@ -115,6 +112,25 @@ class DeviceData:
                 raise EngineError(f"stats must give {x.shape[1]} means and stds, got "
                                   f"{tuple(mean.shape)} and {tuple(std.shape)}")
         return cls(x, ys, mean, std)
+
+    @classmethod
+    def from_features(cls, features: np.ndarray, labels: dict[str, np.ndarray],
+                      device: str | torch.device) -> DeviceData:
+        """Upload float32 feature vectors [N, D] as they are, held as [N, 1, 1, D] (so
+        `input_shape` is (1, D, 1), which the mlp flattens back to D), with mean 0 and std 1."""
+        device = torch.device(device)
+        if not isinstance(features, np.ndarray) or features.dtype != np.float32 or features.ndim != 2:
+            got = f"{getattr(features, 'dtype', type(features))} {getattr(features, 'shape', '')}"
+            raise EngineError(f"features must be a float32 array shaped [N, D], got {got}")
+        n = len(features)
+        if n == 0:
+            raise EngineError("the dataset has no samples")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
+            host = torch.from_numpy(np.ascontiguousarray(features))
+        x = host.to(device, copy=True).view(n, 1, 1, -1)
+        ones = torch.ones(1, device=device)
+        return cls(x, _upload_labels(labels, n, device), ones - 1, ones)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -150,8 +166,20 @@ class DeviceData:
 
     def inputs(self, idx: Tensor | slice) -> Tensor:
         """Normalised float32 images at `idx`, NCHW (channels-last strides on CUDA)."""
+        if self.images.is_floating_point():  # features: inputs as they are
+            return self.images[idx]
         x = self.images[idx].float().mul_(self._scale).add_(self._shift)
         return x.contiguous(memory_format=_memory_format(self.device))
+
+
+def _upload_labels(labels: dict[str, np.ndarray], n: int, device: torch.device) -> dict[str, Tensor]:
+    ys = {}
+    for name, y in labels.items():
+        y = np.asarray(y)
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+            raise EngineError(f"label {name!r} must be {n} integers, got {y.dtype} {y.shape}")
+        ys[name] = torch.from_numpy(y.astype(np.int64)).to(device)
+    return ys
 
 
 # 2. Batching -------------------------------------------------------------------------------------
