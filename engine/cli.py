@@ -132,7 +132,49 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0: none)")
     p.add_argument("--length", type=float, help="S2 correlation length in features (default k)")
     p.add_argument("--out", required=True, help="directory for toy.csv and the two figures")
+
+    _add_analyze(sub)
     return parser
+
+
+ANALYSES = ("cka", "transferability", "bound", "barrier", "criticality", "attribution",
+            "select-source")  # engine.analyze.COMMANDS
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="analyses of a sweep's networks (CKA, transferability "
+                       "estimators, bound, barriers, criticality, attribution, source selection)")
+    kinds = p.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    for kind in ANALYSES:
+        k = kinds.add_parser(kind, help=f"{kind} analysis; rows into the store, PNG under "
+                             "DIR/analysis/")
+        k.add_argument("dir", help="a sweep root (--out of engine sweep)")
+        k.add_argument("--beta", help="only these betas, comma-separated")
+        k.add_argument("--arch", help="only these architectures, comma-separated")
+        k.add_argument("--seed", help="only these seeds, comma-separated")
+        k.add_argument("--n-bob", help="only these n_bob values, comma-separated")
+        k.add_argument("--mode", help="only these run modes (default: finetune; barrier and "
+                       "criticality: finetune,scratch)")
+        k.add_argument("--max-samples", type=int, default=1000,
+                       help="samples per forward-pass analysis (default 1000)")
+        if kind == "bound":
+            k.add_argument("--bound-mode", default="learned-all",
+                           choices=["fixed-all", "learned-A", "learned-all"])
+            k.add_argument("--steps", type=int, default=200, help="Adam steps for the transforms")
+        if kind == "barrier":
+            k.add_argument("--points", type=int, default=11, help="points on each line")
+        if kind == "criticality":
+            k.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="rewind fractions")
+            k.add_argument("--sigmas", default="0,0.05,0.1,0.2", help="relative noise levels")
+            k.add_argument("--tolerance", type=float, default=0.05,
+                           help="allowed training error above the trained network's")
+        if kind == "attribution":
+            k.add_argument("--method", default="integrated_gradients",
+                           choices=["saliency", "grad_x_input", "integrated_gradients"])
+        if kind == "select-source":
+            k.add_argument("--target", help="target dataset dir (default: the first run's)")
+            k.add_argument("--n", type=int, help="target samples (default: smallest n_bob)")
+            k.add_argument("--epochs", type=int, default=10, help="scratch network's epochs")
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs_flag: str) -> None:
@@ -239,7 +281,35 @@ def _toy(args) -> int:
     return 0
 
 
-COMMANDS = {"build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
+def _analyze(args) -> int:
+    from engine.analyze import Options, analyze
+    from engine.sweep import parse_floats, parse_ints, parse_names
+    from engine.runs import BASELINES, TRANSFER_MODES
+    o = Options(max_samples=args.max_samples)
+    if args.beta:
+        o.betas = parse_floats(args.beta, "beta")
+    if args.arch:
+        o.archs = [a.strip() for a in args.arch.split(",")]
+    if args.seed:
+        o.seeds = parse_ints(args.seed, "seed")
+    if args.n_bob:
+        o.n_bobs = parse_ints(args.n_bob, "n-bob", minimum=1)
+    if args.mode:
+        o.modes = parse_names(args.mode, "mode", TRANSFER_MODES + BASELINES)
+    for name in ("bound_mode", "steps", "points", "tolerance", "method", "target", "n", "epochs"):
+        if hasattr(args, name):
+            setattr(o, name, getattr(args, name))
+    if hasattr(args, "alphas"):
+        o.alphas = tuple(parse_floats(args.alphas, "alphas"))
+        o.sigmas = tuple(parse_floats(args.sigmas, "sigmas"))
+    if o.max_samples < 1:
+        raise EngineError("--max-samples must be at least 1")
+    for path in analyze(args.kind, Path(args.dir), o, log=lambda m: print(m, file=sys.stderr)):
+        print(path)
+    return 0
+
+
+COMMANDS = {"analyze": _analyze, "build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
             "sweep": _sweep, "results": _results, "report": _report, "toy": _toy,
             "manifold-sweep": _manifold_sweep}
 
