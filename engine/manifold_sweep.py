@@ -29,11 +29,10 @@ Adam (converges in a few hundred steps without tuning); 96 runs in about a minut
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -43,6 +42,7 @@ from engine.errors import EngineError
 from engine.freeze import prepare_bob
 from engine.manifold import ManifoldSpec, build_manifold, read_split
 from engine.progress import Progress
+from engine.threads import one_thread
 from engine.runs import AliceSpec, BobSpec, n_layers
 from engine.spec import canonical_json
 from engine.store import ResultsStore
@@ -59,19 +59,6 @@ def parse_overlaps(text: str) -> list[float]:
         if not (math.isfinite(v) and 0 <= v <= 1):
             raise EngineError(f"--overlaps: {v:g} is outside [0, 1]")
     return values
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """One intra-op thread on CPU: these mlps are too small for more to pay, and on a busy
-    machine two threads made a step 10-30x slower than one."""
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def overlaps_for(vary: str, s: float) -> dict:
@@ -183,7 +170,7 @@ def run_manifold_sweep(overlaps: Sequence[float], n_targets: Sequence[int],
     device = resolve_device(device)
     out = paths.sweep_out(out)
 
-    with ResultsStore(out) as store, _one_thread(device):
+    with ResultsStore(out) as store, one_thread(device.type == "cpu"):
         done = store.completed_ids()
         pending = [r for r in runs if r.run_id not in done]
         log(f"{len(runs)} runs: {len(runs) - len(pending)} already done, {len(pending)} to run")

@@ -32,7 +32,6 @@ Choices of ours (the paper's code differs):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -43,6 +42,7 @@ from scipy.spatial.distance import cdist
 from torch import Tensor, nn
 
 from engine.errors import EngineError
+from engine.threads import one_thread
 
 MODES = ("fixed-all", "learned-A", "learned-all")
 SQRT2 = math.sqrt(2.0)
@@ -254,18 +254,6 @@ def _evaluate(task: _Task, q: Tensor, a: Tensor, b: Tensor, name: str) -> dict:
             "A": a.numpy(), "b": b.numpy()}
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Small ops (d x d, minibatches of a few hundred): thread hand-offs cost more than they save,
-    badly so on a busy CPU, so torch runs single-threaded here and is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def transfer_bound(source_feats, source_labels, target_feats, target_labels, head: nn.Linear,
                    mode: str = "learned-all", *, target_head: nn.Linear | None = None,
                    n_target_classes: int | None = None, steps: int = 200, lr: float = 1e-2,
@@ -291,7 +279,7 @@ def transfer_bound(source_feats, source_labels, target_feats, target_labels, hea
     """
     if mode not in MODES:
         raise EngineError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    with _one_thread():
+    with one_thread():
         task = _Task(source_feats, source_labels, target_feats, target_labels, head,
                      n_target_classes)
         candidates = _candidates(task, mode, steps=steps, lr=lr, batch_size=batch_size, seed=seed)

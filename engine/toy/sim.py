@@ -18,14 +18,13 @@ alpha = 0: that is Bob reading random features, not transfer of what Alice learn
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from engine.threads import one_thread
 from engine.toy.model import SCENARIOS, check, components, sample
 
 LINEAR_STEPS = 5000  # a cap; it stops at a vanishing gradient
@@ -41,17 +40,6 @@ class Simulated:
     retrained: float
     mlp_as_is: float | None      # None without an MLP (hidden = 0)
     mlp_retrained: float | None
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """These models are tiny: extra threads only add overhead, badly so on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
@@ -73,7 +61,7 @@ def train_linear(x: np.ndarray, y: np.ndarray, lam: float, max_steps: int = LINE
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     w = torch.zeros(d, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.SGD([w], lr=float(lr), momentum=float(momentum))
-    with _one_thread():
+    with one_thread():
         for _ in range(max_steps):
             opt.zero_grad()
             loss = 0.5 * ((xt @ w - yt) ** 2).mean() + 0.5 * lam * (w @ w)
@@ -95,7 +83,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, hidden: int, seed: int,
     yt = torch.as_tensor(y, dtype=torch.float32)
     params = list(features.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=MLP_LR, momentum=0.9)
-    with _one_thread():
+    with one_thread():
         for _ in range(steps):
             opt.zero_grad()
             decay = features[0].weight.square().sum() + head.weight.square().sum()
