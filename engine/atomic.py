@@ -36,3 +36,38 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def writable_dir(path: Path) -> Path:
+    """Create `path` if needed, prove it is writable, and clear temporaries a killed run left."""
+    from engine.errors import EngineError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = temp_name(path / "probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EngineError(f"cannot write to output directory {path}: {exc.strerror or exc}; "
+                          "pass a writable --out") from None
+    for stale in path.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def staged(finals: list[Path], *, marker: Path) -> Iterator[list[Path]]:
+    """Temporary names for files that become valid together. The caller writes every one; then
+    the completeness `marker` (e.g. a manifest, written by the caller afterwards) is removed and
+    each temporary is renamed onto its final name. On failure the temporaries are removed and the
+    final names are left as they were."""
+    temps = [temp_name(Path(f)) for f in finals]
+    try:
+        yield temps
+        Path(marker).unlink(missing_ok=True)
+        for tmp, final in zip(temps, finals):
+            os.replace(tmp, final)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)

@@ -7,7 +7,6 @@ rename into place, and write the manifest last (its presence marks the dataset c
 from __future__ import annotations
 
 import math
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 
 from engine import __version__, beton, paths
 from engine import datasets as sources
-from engine.atomic import temp_name, write_json
+from engine.atomic import staged, writable_dir, write_json
 from engine.checksums import sha256_file, source_checksums
 from engine.errors import EngineError
 from engine.kernels.compose import Layout, fill_composed, plan_layout
@@ -150,34 +149,17 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
                               f"{empty.tolist()}; Bob's classes all need images")
     perm = shuffle_permutation(layout, spec.block_shuffle, spec.seed)
 
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        probe = temp_name(target / "probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise EngineError(f"cannot write to output directory {target}: {exc.strerror or exc}; "
-                          "pass a writable --out") from None
-    for stale in target.glob(".*.tmp-*"):
-        stale.unlink(missing_ok=True)
-
+    writable_dir(target)
     started = time.perf_counter()
-    results, temps = {}, {}
-    try:
-        for split in SPLITS:
-            final = paths.split_file(target, split)
-            temps[split] = temp_name(final)
+    results = {}
+    finals = [paths.split_file(target, split) for split in SPLITS]
+    with staged(finals, marker=paths.manifest_file(target)) as temps:
+        for split, tmp in zip(SPLITS, temps):
             n = spec.n_train if split == "train" else spec.n_test
-            results[split] = _write_split(temps[split], split, splits["left", split],
-                                          splits["right", split], layout, spec, n)
+            results[split] = _write_split(tmp, split, splits["left", split], splits["right", split],
+                                          layout, spec, n)
             log(f"{split}: {n} samples written in {results[split]['write_seconds']:.2f} s "
                 f"({results[split]['samples_per_s']:,.0f} samples/s)")
-        paths.manifest_file(target).unlink(missing_ok=True)
-        for split in SPLITS:
-            os.replace(temps[split], paths.split_file(target, split))
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
 
     total = time.perf_counter() - started
     manifest = _manifest(spec, splits, layout, results, root, total, perm)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -49,7 +48,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from engine import __version__, beton, paths
-from engine.atomic import temp_name, write_json
+from engine.atomic import staged, writable_dir, write_json
 from engine.checksums import sha256_file
 from engine.errors import EngineError
 from engine.manifest import is_complete
@@ -215,31 +214,17 @@ def build_manifold(spec: ManifoldSpec, out=None, *, force: bool = False,
     if not force and is_complete(target, spec):
         log(f"reusing {target} (same spec; --force rebuilds)")
         return target
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EngineError(f"cannot write to output directory {target}: {exc.strerror or exc}; "
-                          "pass a writable --out") from None
-    for stale in target.glob(".*.tmp-*"):
-        stale.unlink(missing_ok=True)
-
+    writable_dir(target)
     started = time.perf_counter()
     model = draw_model(spec)
-    results, temps = {}, {}
-    try:
-        for split in SPLITS:
+    results = {}
+    finals = [paths.split_file(target, split) for split in SPLITS]
+    with staged(finals, marker=paths.manifest_file(target)) as temps:
+        for split, tmp in zip(SPLITS, temps):
             samples = split_samples(spec, model, split)
-            temps[split] = temp_name(paths.split_file(target, split))
-            facts = write_split(temps[split], samples)
+            facts = write_split(tmp, samples)
             results[split] = {"file": f"{split}.beton", "samples": len(samples.x), **facts,
-                              "sha256": sha256_file(temps[split]),
-                              **_label_stats(samples, spec.n_classes)}
-        paths.manifest_file(target).unlink(missing_ok=True)
-        for split in SPLITS:
-            os.replace(temps[split], paths.split_file(target, split))
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+                              "sha256": sha256_file(tmp), **_label_stats(samples, spec.n_classes)}
     seconds = time.perf_counter() - started
     write_json(paths.manifest_file(target), _manifest(spec, model, results, seconds))
     log(f"built {target} in {seconds:.2f} s")
