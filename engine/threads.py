@@ -1,10 +1,17 @@
-"""Torch thread count for small models and small matrices."""
+"""Process settings for CPU work: torch's thread count and glibc's allocator."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 from typing import Iterator
 
 import torch
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_allocator_tuned = False
 
 
 @contextlib.contextmanager
@@ -19,3 +26,28 @@ def one_thread(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the kernel; returns
+    whether the settings took (False off glibc). Idempotent; affects the whole process.
+
+    By default glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh mmaps and
+    trims the heap top back to the kernel, so a training step's activation tensors (25 MB for the
+    reference cnn's first layer at batch 128) are page-faulted in anew at every step. Measured on
+    the 2-core CPU machine, one 10k-sample epoch of the cnn at l = 1: 3.2M page faults and 20.0 s
+    by default, 0.34M and 15.5 s with these settings. The cost: the process's resident memory stays
+    at its peak.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, 2**30) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    _allocator_tuned = ok
+    return ok

@@ -232,6 +232,15 @@ def test_feature_cache_respects_budget(data, alice):
     assert not out["feature_cache"]  # nothing frozen, nothing to cache
 
 
+def test_one_epoch_fit_does_not_cache_features(data, alice):
+    model = cnn()
+    params = prepare_bob(model, alice, retrain_from=3, mode="finetune", seed=0)
+    out = fit(model, params, data, "bob_label", epochs=1, seed=0, frozen_upto=2)
+    assert not out["feature_cache"]  # each prefix output would be used once
+    _, out = _run(data, alice, seed=0)  # two epochs, the default budget
+    assert out["feature_cache"]
+
+
 def test_compiled_model_cache_reuses_one_model(data, alice):
     cache = CompiledModelCache("cpu", compile=False)
     r1 = cache.get("cnn", SHAPE, 10, frozen_upto=2, **CNN)
