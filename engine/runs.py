@@ -11,7 +11,9 @@ default), so a spec always records the rate actually used.
 - random-frozen: layers 1..l-1 fresh and frozen, l..L fresh and trained, for each l >= 2 only: at
   l = 1 nothing is frozen and the run would be scratch again.
 reinit at l = 1 also starts every layer fresh (the same draws as scratch, see engine.freeze), so it
-reproduces scratch; it is kept so every mode's curve covers l = 1..L.
+reproduces scratch; it is kept so every mode's curve covers l = 1..L. Likewise finetune and reinit
+at l = L both train a fresh head on Alice's frozen layers. Such runs share a `computation_id`, and
+a sweep trains each computation once (engine.sweep).
 """
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from engine.errors import EngineError
+from engine.freeze import layer_plan
 from engine.models import ARCHS, build_model
-from engine.spec import spec_hash
+from engine.spec import fields_hash, spec_hash
 from engine.train import OPTIMIZERS
 
 TRANSFER_MODES = ("finetune", "reinit")
@@ -125,6 +128,21 @@ class BobSpec:
     @property
     def run_id(self) -> str:
         return spec_hash(self)
+
+    @property
+    def computation_id(self) -> str:
+        """The hash of what the run computes: its spec with (retrain_from, mode) replaced by the
+        layer plan they give (engine.freeze.layer_plan), and without Alice when no layer comes from
+        her. Runs with equal computation IDs start from the same weights, freeze the same layers
+        and train on the same samples in the same order, so they give the same results."""
+        plan = layer_plan(n_layers(self.arch, self.depth, self.width, self.global_pool),
+                          self.retrain_from, self.mode)
+        d = self.to_dict()
+        del d["retrain_from"], d["mode"]
+        d["plan"] = [[p.source, p.trainable] for p in plan]
+        if all(p.source == "fresh" for p in plan):
+            d["alice_id"] = ""
+        return fields_hash("BobComputation", d)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

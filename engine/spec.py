@@ -20,7 +20,12 @@ def canonical_json(obj) -> str:
 
 def spec_hash(spec, length: int = 12) -> str:
     fields = spec.to_dict() if hasattr(spec, "to_dict") else dataclasses.asdict(spec)
-    payload = canonical_json({"type": type(spec).__name__, **fields})
+    return fields_hash(type(spec).__name__, fields, length)
+
+
+def fields_hash(kind: str, fields: dict, length: int = 12) -> str:
+    """The hash of `fields` (JSON-able) tagged with `kind`; `spec_hash` tags with the class name."""
+    payload = canonical_json({"type": kind, **fields})
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 

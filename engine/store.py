@@ -56,6 +56,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "device": pa.string(),
     "engine_version": pa.string(),
     "finished_at": pa.string(),       # ISO 8601, UTC
+    "computed_by": pa.string(),       # "" = this run trained; else the run_id whose training
+                                      # gave these metrics (same computation_id, engine.runs)
     "spec_json": pa.string(),         # the run's full spec, canonical JSON
 }
 SCHEMA = pa.schema(list(COLUMNS.items()))
@@ -80,7 +82,7 @@ OPTIONAL = {
 
 # Columns added after stores were first written: their value in rows (log lines, parts, callers)
 # from before; a row may leave them out too.
-ADDED = {"block_shuffle": 0}
+ADDED = {"block_shuffle": 0, "computed_by": ""}
 
 FLUSH_ROWS = 64        # rows buffered before a part is written
 FLUSH_SECONDS = 60.0   # seconds a row may wait in the buffer

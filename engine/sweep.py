@@ -4,8 +4,10 @@ Order of work: validate every option (by expanding the sweep with placeholder da
 reuse one dataset per (beta, block-shuffle size) under `<out>/datasets`, expand the real runs, drop
 those the results store already holds, then per dataset: load it once (onto the device, or streamed
 from disk when it exceeds the device budget), pre-train or reuse each Alice when first needed, and
-run the Bobs, recording each finished run at once. An interrupted sweep keeps what it recorded;
-running it again does only the missing runs.
+run the Bobs, recording each finished run at once. Runs with the same `computation_id` (their
+specs differ only in a way that changes nothing computed) train once, also across resumes: the
+others record the metrics of that run, naming it in `computed_by`. An interrupted sweep keeps
+what it recorded; running it again does only the missing runs.
 
 Block shuffling (Neyshabur et al. 2020, Sec. 3.1): Bob's datasets may have their images'
 B x B blocks shuffled (engine.kernels.shuffle); Alice always pre-trains on the unshuffled dataset of
@@ -39,6 +41,8 @@ from engine.stream import StreamData, dataset_bytes, evaluate_stream, fit_stream
 from engine.train import CompiledModelCache, evaluate, fit
 
 LABEL = "bob_label"
+METRICS = ("n_layers", "n_bob", "test_acc", "test_loss", "train_acc", "train_loss", "wall_s",
+           "samples_per_s")  # what `run_bob` returns
 DRY_RUN_SHOWN = 5  # specs a dry run prints
 
 
@@ -241,11 +245,12 @@ def run_sweep(pair: str, betas: Sequence[float], layers: str | Sequence[int] = "
         if not pending:
             return {"total": len(specs), "done_before": len(specs), "ran": 0}
         cache = CompiledModelCache(device)
+        computed = _computed_before(specs, pending, store)
         bar = Progress(len(pending), stream=stderr)
         try:
             for key, group in itertools.groupby(pending, key=lambda s: s.dataset):
                 _run_dataset(dirs[key], list(group), alices, dirs, store, cache, device, bar, out,
-                             alice_save_epochs, device_budget_gb)
+                             alice_save_epochs, device_budget_gb, computed)
         finally:
             bar.close()
     return {"total": len(specs), "done_before": len(specs) - len(pending), "ran": len(pending)}
@@ -267,10 +272,30 @@ def _expand(grid: dict, blocks: list[int | None],
     return specs
 
 
+def _computed_before(specs: list[BobSpec], pending: list[BobSpec],
+                     store: ResultsStore) -> dict[str, tuple[str, dict]]:
+    """{computation_id: (run_id that trained, metrics)} for stored runs that a pending run
+    computes again (see `_run_dataset`)."""
+    pending_ids = {s.run_id for s in pending}
+    done = {s.computation_id: s.run_id for s in specs if s.run_id not in pending_ids}
+    wanted = {s.computation_id for s in pending} & done.keys()
+    if not wanted:
+        return {}
+    rows = store.table().set_index("run_id")
+    computed = {}
+    for cid in wanted:
+        row = rows.loc[done[cid]]
+        computed[cid] = (row["computed_by"] or done[cid], {k: row[k] for k in METRICS})
+    return computed
+
+
 def _run_dataset(dataset_dir: Path, specs: list[BobSpec], alices: dict, dirs: dict[str, Path],
                  store: ResultsStore, cache: CompiledModelCache, device: torch.device,
                  bar: Progress, out: Path, save_epochs: Sequence[int],
-                 budget_gb: float | None) -> None:
+                 budget_gb: float | None, computed: dict[str, tuple[str, dict]]) -> None:
+    """Run `specs` (all on this dataset) in order. A spec whose computation_id is in `computed`
+    (engine.runs.BobSpec.computation_id: reinit at l = 1 and scratch; finetune and reinit at
+    l = L) is not trained again: its row takes those metrics and names that run in computed_by."""
     manifest = read_manifest(dataset_dir)
     stream = not fits_on_device(dataset_dir, device, budget_gb)
     if stream:
@@ -292,9 +317,14 @@ def _run_dataset(dataset_dir: Path, specs: list[BobSpec], alices: dict, dirs: di
             state, _, metrics = load_checkpoint(path)
             alice_id, alice_state = spec.alice_id, {k: v.to(device) for k, v in state.items()}
             alice_acc = float(metrics["test_acc"])
-        metrics = run_bob(spec, *data, n_classes=n_classes,
-                          alice_state=alice_state if spec.alice_id else None, cache=cache,
-                          device=device)
+        reused = computed.get(spec.computation_id)
+        if reused is None:
+            metrics = run_bob(spec, *data, n_classes=n_classes,
+                              alice_state=alice_state if spec.alice_id else None, cache=cache,
+                              device=device)
+            computed[spec.computation_id] = (spec.run_id, metrics)
+        else:
+            metrics = {**reused[1], "computed_by": reused[0]}
         store.record(make_row(spec, metrics, manifest, alice_acc if spec.alice_id else math.nan,
                               device))
         bar.update(note=f"{spec.arch} l={spec.retrain_from} {spec.mode}: "

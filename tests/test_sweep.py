@@ -105,6 +105,23 @@ def test_run_ids_stable_and_distinct():
     assert spec.lr == 0.01 and BobSpec(**{**spec.to_dict(), "lr": 0.01}).run_id == spec.run_id
 
 
+def test_computation_ids_equal_exactly_for_runs_that_compute_the_same():
+    common = dict(dataset="d", arch="mlp", seed=0, **TINY)  # L = 3
+
+    def cid(l, mode, alice="A", **kw):
+        alice = alice if mode in ("finetune", "reinit") else ""
+        return BobSpec(alice_id=alice, retrain_from=l, mode=mode, **{**common, **kw}).computation_id
+
+    assert cid(1, "reinit") == cid(1, "scratch")  # every layer fresh and trained
+    assert cid(1, "reinit", alice="B") == cid(1, "scratch")  # no layer comes from Alice
+    assert cid(3, "finetune") == cid(3, "reinit")  # Alice's frozen 1..L-1, a fresh head
+    distinct = [cid(1, "finetune"), cid(1, "reinit"), cid(2, "finetune"), cid(2, "reinit"),
+                cid(2, "random-frozen"), cid(3, "finetune"), cid(3, "random-frozen"),
+                cid(3, "finetune", alice="B"), cid(1, "reinit", seed=1), cid(1, "reinit", n_bob=9),
+                cid(1, "reinit", epochs=2)]
+    assert len(set(distinct)) == len(distinct)
+
+
 def test_alice_ids():
     specs = expand_sweep([0, 1], ["mlp"], [0, 1], layers=[1, 2])
     for s in specs:
@@ -223,7 +240,8 @@ def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monke
     monkeypatch.setattr(sweep, "fit", flaky_fit)
     assert main(sweep_argv(tiny_pair, out)) == 130
     assert len(stored(out)) == 4
-    monkeypatch.setattr(sweep, "fit", real_fit)
+    resumed = []
+    monkeypatch.setattr(sweep, "fit", lambda *a, **k: resumed.append(1) or real_fit(*a, **k))
     capsys.readouterr()
     assert main(sweep_argv(tiny_pair, out)) == 0
     err = capsys.readouterr().err
@@ -240,6 +258,25 @@ def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monke
     assert df.loc[df["alice_id"] != "", "alice_test_acc"].between(0, 1).all()
     assert main(sweep_argv(tiny_pair, out)) == 0  # nothing left: no new rows
     assert len(stored(out)) == 18
+
+    # Per beta, reinit at l = 1 and scratch, and finetune and reinit at l = L, trained once, also
+    # across the resume (beta 0's reinit at l = 1 was stored before the interruption).
+    assert len(resumed) == 2 * 7 - 4  # 9 runs per beta, 7 trained; 4 stored before the kill
+    reused = df[df["computed_by"] != ""]
+    assert sorted(zip(reused["mode"], reused["retrain_from"])) == [("reinit", 3)] * 2 + \
+        [("scratch", 1)] * 2
+    metrics = ["test_acc", "test_loss", "train_acc", "train_loss", "wall_s"]
+    by_id = df.set_index("run_id")
+    for _, row in reused.iterrows():
+        assert row[metrics].tolist() == by_id.loc[row["computed_by"], metrics].tolist()
+    # A scratch run trained by itself gives the metrics its reused row recorded.
+    alone = tmp_path / "alone"
+    assert main(sweep_argv(tiny_pair, alone, "--modes", "finetune", "--layers", "1",
+                           "--baselines", "scratch")) == 0
+    trained = stored(alone).set_index("run_id")
+    for run_id, row in reused[reused["mode"] == "scratch"].set_index("run_id").iterrows():
+        assert trained.loc[run_id, "computed_by"] == ""
+        assert trained.loc[run_id, metrics[:4]].tolist() == row[metrics[:4]].tolist()
 
 
 ffcv_missing = not __import__("engine.ffcv_io").ffcv_io.available()
