@@ -12,8 +12,8 @@ Chapters, in order:
 6. Epochs: `fit`.
 7. Evaluation: `evaluate`.
 
-The same code runs on CPU and CUDA, with channels-last tensors on both. On the CPU, `fit` tells
-glibc to keep freed memory (`threads.keep_freed_memory`). On CUDA it adds bf16
+The same code runs on CPU and CUDA, with channels-last tensors on both. On the CPU, `fit` and
+`evaluate` tell glibc to keep freed memory (`threads.keep_freed_memory`). On CUDA it adds bf16
 autocast (on CPUs without native bf16 it is several times slower, so the CPU stays fp32);
 `torch.compile` comes only through `CompiledModelCache` (on by default on CUDA, off on CPU).
 """
@@ -415,6 +415,8 @@ def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 
     elif runner.model is not model:
         raise ValueError("runner was made for another model")
     device = data.device
+    if device.type == "cpu":
+        keep_freed_memory()  # reference cnn, 1024-sample passes: 870 us/sample without, 410 with
     model.eval()
     labels = data.labels[label]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
