@@ -18,7 +18,7 @@ Run as a script (what `bench/test_train_bench.py` does), it times a list of runs
 its own, so the engine's process-wide settings (engine.threads) cannot speed it up:
 
     python bench/naive_baseline.py DATASET_DIR ALICE.safetensors 1:finetune,2:reinit,1:scratch \
-        --epochs 1 --seed 0 [--n N] [--warmup-n 256]
+        --epochs 1 --seed 0 [--n N] [--warmup-n 256] [--device cpu|cuda]
 
 It prints one JSON object per run: {"l", "mode", "seconds", "test_acc"}.
 """
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=None, help="training samples used (default: all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--warmup-n", type=int, default=256,
                    help="samples of an untimed first run (first-call costs); 0 for none")
     args = p.parse_args(argv)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     alice_state = load_checkpoint(args.alice)[0]
     n_classes = int(tr["bob_label"].max()) + 1
     common = dict(n_classes=n_classes, arch=args.arch, epochs=args.epochs,
-                  batch_size=args.batch_size, seed=args.seed, stats=stats)
+                  batch_size=args.batch_size, seed=args.seed, stats=stats, device=args.device)
     if args.warmup_n:
         finetune(images[:args.warmup_n], labels[:args.warmup_n], te["image"][:args.warmup_n],
                  te["bob_label"][:args.warmup_n], alice_state, retrain_from=1, **common)
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         acc = finetune(images, labels, te["image"], te["bob_label"],
                        alice_state if mode in ("finetune", "reinit") else None,
                        retrain_from=l, mode=mode, **common)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         print(json.dumps({"l": l, "mode": mode, "seconds": time.perf_counter() - t0,
                           "test_acc": acc}), flush=True)
 

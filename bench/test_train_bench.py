@@ -27,7 +27,8 @@ benchmark's own statistics are the engine's. Figures in `extra_info`: fine-tunes
 Sizes: BENCH_TRAIN_N (default 10000) training samples, BENCH_TEST_N (default 2000) test samples,
 BENCH_TRAIN_EPOCHS (default 1; sweeps default to 10) epochs per run, BENCH_TRAIN_ROUNDS
 (default 2) rounds; see bench/RESULTS.md for the sizes behind each figure.
-The CUDA variant of the first workload runs where `torch.cuda.is_available()` (skipped otherwise).
+The CUDA variant of the first workload (engine and naive process both on the GPU) runs where
+`torch.cuda.is_available()` (skipped otherwise).
 """
 import io
 import json
@@ -46,6 +47,7 @@ from engine import paths
 from engine.alice import device_name, load_data, pretrain
 from engine.checkpoint import load_checkpoint
 from engine.runs import BobSpec, Training, alice_spec, expand_sweep, n_layers
+from engine.store import ResultsStore
 from engine.sweep import run_bob, run_sweep
 from engine.train import CompiledModelCache
 
@@ -79,11 +81,12 @@ def sweep_out(tmp_path_factory):
     return {"out": out, "dataset": dataset, "alice": alice, "ckpt": ckpt}
 
 
-def naive_round(s, runs: list[tuple[int, str]]) -> list[dict]:
+def naive_round(s, runs: list[tuple[int, str]], device: str = "cpu") -> list[dict]:
     """The runs [(l, mode)] through the naive baseline in a fresh process: one dict per run."""
     cmd = [sys.executable, str(NAIVE), str(s["dataset"]), str(s["ckpt"]),
            ",".join(f"{l}:{m}" for l, m in runs), "--arch", ARCH, "--epochs", str(EPOCHS),
-           "--batch-size", str(BATCH), "--seed", str(SEED), "--warmup-n", str(WARMUP_N)]
+           "--batch-size", str(BATCH), "--seed", str(SEED), "--warmup-n", str(WARMUP_N),
+           "--device", device]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -143,15 +146,13 @@ def engine_round(s, n_bob=None) -> tuple[dict, dict]:
 
 def test_finetunes_engine_vs_naive(benchmark, setup):
     s = setup
-    if s["device"].type != "cpu":
-        pytest.skip("the naive process runs on the CPU; the CUDA variant needs its own baseline")
     engine_round(s, n_bob=WARMUP_N)  # untimed: kernel selection, allocator growth, compiling
     runs = [(l, "finetune") for l in DEPTHS]
     engine_rounds, naive_rounds, loads = [], [], []
 
     def run_naive():  # pedantic's setup: untimed by the benchmark, timed by the naive process
         loads.append(os.getloadavg()[0])
-        naive_rounds.append(naive_round(s, runs))
+        naive_rounds.append(naive_round(s, runs, s["device"].type))
 
     benchmark.pedantic(lambda: engine_rounds.append(engine_round(s)), setup=run_naive,
                        rounds=ROUNDS, iterations=1, warmup_rounds=0)
@@ -202,7 +203,6 @@ def test_sweep_engine_vs_naive(benchmark, sweep_out):
                        iterations=1, warmup_rounds=0)
 
     assert all(counts["ran"] == len(specs) for _, counts in engine_rounds)
-    from engine.store import ResultsStore
     df = ResultsStore(s["out"], read_only=True).table()
     trained = df[df["computed_by"] == ""]
     benchmark.extra_info.update({
