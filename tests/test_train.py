@@ -272,6 +272,29 @@ def test_compiled_runner_matches_eager(data, alice):
         out["train_acc"], abs=0.1)
 
 
+def test_compiled_runner_is_not_recompiled_across_runs(data, test_data, alice):
+    """Later runs reuse the first run's graphs: weights are reset in place, not rebuilt."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    cache = CompiledModelCache("cpu", compile=True, backend=counting_backend)
+    after_first = None
+    for seed, mode in [(0, "finetune"), (1, "finetune"), (2, "reinit"), (3, "finetune")]:
+        runner = cache.get("cnn", SHAPE, 10, frozen_upto=2, **CNN)  # as engine.sweep.run_bob does
+        params = prepare_bob(runner.model, alice, retrain_from=3, mode=mode, seed=seed)
+        for epochs in (1, 2):  # the prefix runs per step, then on cached features
+            fit(runner.model, params, data, "bob_label", epochs=epochs, seed=seed, frozen_upto=2,
+                runner=runner)
+        evaluate(runner.model, test_data, "bob_label", runner=runner)
+        if after_first is None:
+            after_first = len(graphs)
+    assert after_first > 0 and len(graphs) == after_first
+
+
 def test_fit_argument_errors(data, alice):
     model = cnn()
     params = prepare_bob(model, alice, retrain_from=3, mode="finetune", seed=0)
