@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +8,8 @@ from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
 from engine.freeze import MODES, frozen_prefix, layer_plan, prepare_bob
 from engine.models import build_model
-from engine.train import (CompiledModelCache, DeviceData, epoch_batches, evaluate, fit,
-                          make_runner)
+from engine.train import (CompiledModelCache, DeviceData, epoch_batches, evaluate, feature_budget,
+                          fit, make_runner)
 
 SHAPE = (28, 56, 1)
 CNN = {"width": 8}  # small enough for fast CPU tests
@@ -230,6 +232,15 @@ def test_feature_cache_respects_budget(data, alice):
     assert not out["feature_cache"]
     _, out = _run(data, alice, seed=0, mode="scratch")
     assert not out["feature_cache"]  # nothing frozen, nothing to cache
+
+
+def test_feature_budget_is_half_the_free_memory():
+    budget = feature_budget(torch.device("cpu"))
+    assert 0 < budget
+    if Path("/proc/meminfo").is_file():
+        meminfo = Path("/proc/meminfo").read_text().split()
+        available = int(meminfo[meminfo.index("MemAvailable:") + 1]) * 1024
+        assert budget == pytest.approx(available / 2, rel=0.2)
 
 
 def test_one_epoch_fit_does_not_cache_features(data, alice):
