@@ -362,10 +362,9 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
 
     `frozen_upto` layers at the bottom are frozen (requires_grad False, eval mode); with two or more
     epochs their output is cached once when it fits in `feature_cache_bytes` (None: half the
-    device's free memory, `feature_budget`; 0 disables). With one
-    epoch each sample's prefix output is used once, so a cache would only add memory traffic
-    (measured on the CPU: a 10k-sample, 1-epoch round of l = 1..5 took 76-78 s with it, 62-64 s
-    without). `seed` drives the shuffling
+    device's free memory, `feature_budget`; 0 disables). With one epoch each sample's prefix output
+    is used once, so a cache would only add memory traffic (measured on the CPU: a 10k-sample,
+    1-epoch round of l = 1..5 took 76-78 s with it, 62-64 s without). `seed` drives the shuffling
     only; initial weights are the caller's (see `freeze.prepare_bob`). `lr` None means the
     optimizer's default (SGD 0.01 with momentum 0.9, Adam 1e-3). `runner` comes from a
     `CompiledModelCache`; without one, the model runs uncompiled.
@@ -388,9 +387,10 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
     opt = make_optimizer(params, optimizer, lr, device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     labels = data.labels[label]
-    if feature_cache_bytes is None:
-        feature_cache_bytes = feature_budget(device) if epochs > 1 else 0
-    feats = frozen_features(runner, data, feature_cache_bytes) if epochs > 1 else None
+    feats = None
+    if epochs > 1:
+        budget = feature_budget(device) if feature_cache_bytes is None else feature_cache_bytes
+        feats = frozen_features(runner, data, budget)
     steps = 0
     for _ in range(epochs):
         loss_sum = torch.zeros((), device=device)
