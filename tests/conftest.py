@@ -8,6 +8,8 @@ file format that `engine.datasets` reads, and keeps the arrays it wrote so tests
 - folders/flat/<class>/ and folders/split/{train,val}/<class>/: solid-colour PNG and JPEG files
 - npz/two.npz (train_/test_ arrays, labels 3/7/9) and npz/one.npz (images, labels, classes)
 Everything is generated from fixed seeds, so it is the same on every run.
+
+`two_half_arrays` makes concatenated-image samples for trainer and analysis tests.
 """
 from __future__ import annotations
 
@@ -167,3 +169,19 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     """A fresh, empty dataset cache for each test, and no download attempts."""
     monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("ENGINE_OFFLINE", "1")
+
+
+TWO_HALF_SHAPE = (28, 56, 1)
+
+
+def two_half_arrays(n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Noise plus one bright patch per half: its position (of 10) is the label of that half.
+    uint8 images [n, 28, 56, 1] and {"alice_label", "bob_label"}, as `DeviceData.from_arrays` takes."""
+    rng = np.random.default_rng(seed)
+    alice, bob = rng.integers(0, 10, n), rng.integers(0, 10, n)
+    images = rng.integers(0, 60, (n, *TWO_HALF_SHAPE), dtype=np.uint8)
+    for i in range(n):
+        for left, label in ((0, alice[i]), (28, bob[i])):
+            r, c = divmod(int(label), 5)
+            images[i, 4 + 10 * r: 10 + 10 * r, left + 2 + 5 * c: left + 6 + 5 * c] = 255
+    return images, {"alice_label": alice, "bob_label": bob}

@@ -12,6 +12,7 @@ from torch import nn
 from engine.analysis.bound import (classwise_wasserstein1, lipschitz_constant,
                                    penultimate_features, transfer_bound, wasserstein1)
 from engine.errors import EngineError
+from engine.threads import one_thread
 
 REAL = Path(os.environ.get("ENGINE_DATA_ROOT", "/nonexistent"))
 HAVE_REAL = all((REAL / d / "raw" / f"{s}-images-idx3-ubyte.gz").is_file()
@@ -21,10 +22,8 @@ HAVE_REAL = all((REAL / d / "raw" / f"{s}-images-idx3-ubyte.gz").is_file()
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tensors here are small: on a busy 2-core machine torch's thread hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 def blobs(n, k, d, seed, shift=0.0):

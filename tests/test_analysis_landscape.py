@@ -4,15 +4,17 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TWO_HALF_SHAPE, two_half_arrays
 from engine.analysis.attribution import attribution_mass, attributions, half_columns
 from engine.analysis.landscape import (barrier_height, interpolate, interpolate_state,
                                        module_criticality)
 from engine.errors import EngineError
 from engine.freeze import prepare_bob
 from engine.models import Head, LayeredNet, build_model
+from engine.threads import one_thread
 from engine.train import DeviceData, evaluate, fit
 
-SHAPE = (28, 56, 1)
+SHAPE = TWO_HALF_SHAPE  # conftest.two_half_arrays
 HALVES = {"left": {"columns": [0, 28]}, "right": {"columns": [28, 56]}}  # as in a manifest
 METHODS = ("saliency", "grad_x_input", "integrated_gradients")
 
@@ -20,27 +22,13 @@ METHODS = ("saliency", "grad_x_input", "integrated_gradients")
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tensors here are small: on a busy 2-core machine torch's thread hand-offs dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_arrays(n, seed):
-    """Noise plus one bright patch per half: its position (of 10) is the label of that half."""
-    rng = np.random.default_rng(seed)
-    alice, bob = rng.integers(0, 10, n), rng.integers(0, 10, n)
-    images = rng.integers(0, 60, (n, *SHAPE), dtype=np.uint8)
-    for i in range(n):
-        for left, label in ((0, alice[i]), (28, bob[i])):
-            r, c = divmod(int(label), 5)
-            images[i, 4 + 10 * r: 10 + 10 * r, left + 2 + 5 * c: left + 6 + 5 * c] = 255
-    return images, {"alice_label": alice, "bob_label": bob}
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def data():
-    return DeviceData.from_arrays(*make_arrays(256, seed=0), "cpu")
+    return DeviceData.from_arrays(*two_half_arrays(256, seed=0), "cpu")
 
 
 def trained_mlp(data, seed, epochs=3):

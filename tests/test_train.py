@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TWO_HALF_SHAPE, two_half_arrays
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
 from engine.freeze import MODES, frozen_prefix, layer_plan, prepare_bob
@@ -11,30 +12,18 @@ from engine.models import build_model
 from engine.train import (CompiledModelCache, DeviceData, epoch_batches, evaluate, feature_budget,
                           fit, make_runner)
 
-SHAPE = (28, 56, 1)
+SHAPE = TWO_HALF_SHAPE  # conftest.two_half_arrays
 CNN = {"width": 8}  # small enough for fast CPU tests
-
-
-def make_arrays(n, seed):
-    """Noise plus one bright patch per half: its position (of 10) is the label of that half."""
-    rng = np.random.default_rng(seed)
-    alice, bob = rng.integers(0, 10, n), rng.integers(0, 10, n)
-    images = rng.integers(0, 60, (n, *SHAPE), dtype=np.uint8)
-    for i in range(n):
-        for left, label in ((0, alice[i]), (28, bob[i])):
-            r, c = divmod(int(label), 5)
-            images[i, 4 + 10 * r: 10 + 10 * r, left + 2 + 5 * c: left + 6 + 5 * c] = 255
-    return images, {"alice_label": alice, "bob_label": bob}
 
 
 @pytest.fixture(scope="module")
 def data():
-    return DeviceData.from_arrays(*make_arrays(256, seed=0), "cpu")
+    return DeviceData.from_arrays(*two_half_arrays(256, seed=0), "cpu")
 
 
 @pytest.fixture(scope="module")
 def test_data(data):
-    return DeviceData.from_arrays(*make_arrays(128, seed=1), "cpu", stats=data.stats)
+    return DeviceData.from_arrays(*two_half_arrays(128, seed=1), "cpu", stats=data.stats)
 
 
 @pytest.fixture(scope="module")
@@ -331,13 +320,13 @@ def test_device_data_layout_and_stats(data, test_data):
     assert x.dtype == torch.float32
     assert abs(x.mean().item()) < 1e-4 and abs(x.std(unbiased=False).item() - 1) < 1e-4
     assert test_data.stats == data.stats
-    raw = torch.from_numpy(make_arrays(256, seed=0)[0]).double() / 255
+    raw = torch.from_numpy(two_half_arrays(256, seed=0)[0]).double() / 255
     assert data.stats[0][0] == pytest.approx(raw.mean().item(), rel=1e-6)
     assert data.stats[1][0] == pytest.approx(raw.std(unbiased=False).item(), rel=1e-6)
 
 
 def test_device_data_rejects_bad_input():
-    images, labels = make_arrays(8, seed=0)
+    images, labels = two_half_arrays(8, seed=0)
     with pytest.raises(EngineError):
         DeviceData.from_arrays(images.astype(np.float32), labels, "cpu")
     with pytest.raises(EngineError):
@@ -347,7 +336,7 @@ def test_device_data_rejects_bad_input():
 
 
 def test_subset():
-    images, labels = make_arrays(64, seed=0)
+    images, labels = two_half_arrays(64, seed=0)
     full = DeviceData.from_arrays(images, {**labels, "index": np.arange(64)}, "cpu")
     assert full.subset(None, seed=0) is full
     a, b, c = full.subset(20, seed=1), full.subset(20, seed=1), full.subset(20, seed=2)
