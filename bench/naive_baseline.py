@@ -1,6 +1,6 @@
 """The naive reference for the training benchmark: Bob's fine-tunes written the plain way.
 
-Everything the engine's trainer (engine.train) avoids on purpose is here on purpose:
+Everything the engine's trainer (engine.train.trainer) avoids on purpose is here on purpose:
 - eager fp32, one fine-tune at a time, no compilation, no autocast, glibc's default allocator;
 - a `torch.utils.data.DataLoader` (num_workers=0) over a `Dataset` whose `__getitem__` converts one
   sample at a time: uint8 HWC numpy -> float32 CHW tensor / 255 -> per-channel normalisation with
@@ -10,8 +10,8 @@ Everything the engine's trainer (engine.train) avoids on purpose is here on purp
 - every run of a sweep trained, also runs that compute the same thing as another;
 - evaluation on the test split through the same kind of DataLoader (batch 1024).
 
-The network is the same `engine.models.build_model` architecture, its starting weights set by
-`engine.freeze.prepare_bob` for the run's (l, mode, seed), trained with SGD lr 0.01 momentum 0.9,
+The network is the same `engine.train.models.build_model` architecture, its starting weights set by
+`engine.train.freeze.prepare_bob` for the run's (l, mode, seed), trained with SGD lr 0.01 momentum 0.9,
 so the work per step is identical to the engine's; only the way it is fed and run differs.
 
 Run as a script (what `bench/test_train_bench.py` does), it times a list of runs in a process of
@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from engine import paths
-from engine.beton import read_beton
-from engine.checkpoint import load_checkpoint
-from engine.freeze import frozen_prefix, prepare_bob
-from engine.models import build_model
+from engine.data.beton import read_beton
+from engine.train.checkpoint import load_checkpoint
+from engine.train.freeze import frozen_prefix, prepare_bob
+from engine.train.models import build_model
 
 
 class ImageDataset(Dataset):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine import beton, ffcv_io
+from engine.data import beton, ffcv_io
 from engine import datasets as sources
-from engine.build import write_split
+from engine.data.build import write_split
 from engine.kernels.compose import plan_layout
 from engine.spec import DataSpec
 

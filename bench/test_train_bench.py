@@ -7,12 +7,12 @@ The data, identical for both: a `mnist:fashion` beta 0.75 dataset and one Alice 
 0.01/0.9, seed 0, each followed by evaluation on the whole test split. Two workloads:
 
 - `test_finetunes_engine_vs_naive`: one `finetune` run per depth l = 1..L of the reference `cnn`
-  (L = 5). Engine: `engine.sweep.run_bob` as a sweep calls it (data on the device once, one
+  (L = 5). Engine: `engine.sweep.driver.run_bob` as a sweep calls it (data on the device once, one
   `CompiledModelCache`, frozen-prefix features cached for fits of two or more epochs).
 - `test_sweep_engine_vs_naive`: every run of `engine sweep --layers all` with the default modes and
   baselines for one (beta, seed): finetune and reinit at l = 1..5, scratch, random-frozen at
-  l = 2..5 (15 runs). Engine: `engine.sweep.run_sweep` itself, results store and all, which trains
-  the 13 distinct computations among the 15 runs (engine.runs.BobSpec.computation_id).
+  l = 2..5 (15 runs). Engine: `engine.sweep.driver.run_sweep` itself, results store and all, which trains
+  the 13 distinct computations among the 15 runs (engine.spec.BobSpec.computation_id).
 
 Naive: `bench/naive_baseline.py` run as a script in a process of its own (so the engine's
 process-wide settings do not reach it): eager fp32, per-sample `Dataset` + `DataLoader`, a full
@@ -44,12 +44,13 @@ import torch
 
 import engine
 from engine import paths
-from engine.alice import device_name, load_data, pretrain
-from engine.checkpoint import load_checkpoint
-from engine.runs import BobSpec, Training, alice_spec, expand_sweep, n_layers
+from engine.train.alice import device_name, load_data, pretrain
+from engine.train.checkpoint import load_checkpoint
+from engine.spec import BobSpec, Training, n_layers
+from engine.sweep.expand import alice_spec, expand_sweep
 from engine.store import ResultsStore
-from engine.sweep import run_bob, run_sweep
-from engine.train import CompiledModelCache
+from engine.sweep.driver import run_bob, run_sweep
+from engine.train.trainer import CompiledModelCache
 
 ROOT = Path(os.environ.get("ENGINE_DATA_ROOT", "data"))
 if not (ROOT / "MNIST" / "raw").is_dir() or not (ROOT / "FashionMNIST" / "raw").is_dir():

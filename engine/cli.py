@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ANALYSES = ("cka", "transferability", "bound", "barrier", "criticality", "attribution",
-            "select-source")  # engine.analyze.COMMANDS
+            "select-source")  # engine.analysis.analyze.COMMANDS
 
 
 def _add_analyze(sub) -> None:
@@ -187,7 +187,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs_flag: str) -> None:
 
 
 def _build_data(args) -> int:
-    from engine.build import build_data
+    from engine.data.build import build_data
     path = build_data(args.pair, args.beta, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
                       data_root=args.data_root, out=args.out, force=args.force, fit=args.fit,
                       image_size=args.image_size, block_shuffle=args.block_shuffle,
@@ -197,7 +197,7 @@ def _build_data(args) -> int:
 
 
 def _inspect(args) -> int:
-    from engine.inspect import inspect
+    from engine.data.inspect import inspect
     print(inspect(Path(args.dataset), Path(args.grid) if args.grid else None, split=args.split,
                   count=args.count))
     return 0
@@ -210,10 +210,10 @@ def _demo(args) -> int:
 
 def _pretrain(args) -> int:
     from engine import paths
-    from engine.alice import pretrain
-    from engine.manifest import read_manifest
-    from engine.runs import AliceSpec
-    from engine.sweep import parse_ints
+    from engine.train.alice import pretrain
+    from engine.data.manifest import read_manifest
+    from engine.spec import AliceSpec
+    from engine.sweep.driver import parse_ints
     data = Path(args.data)
     spec = AliceSpec(dataset=read_manifest(data)["key"], arch=args.arch, optimizer=args.optimizer,
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
@@ -225,8 +225,8 @@ def _pretrain(args) -> int:
 
 
 def _sweep(args) -> int:
-    from engine import sweep
-    from engine.models import ARCHS
+    from engine.sweep import driver as sweep
+    from engine.train.models import ARCHS
     sweep.run_sweep(
         args.pair, sweep.parse_betas(args.betas), sweep.parse_layers(args.layers),
         sweep.parse_ints(args.seeds, "seeds"), sweep.parse_names(args.arch, "arch", tuple(ARCHS)),
@@ -241,7 +241,7 @@ def _sweep(args) -> int:
 
 
 def _results(args) -> int:
-    from engine.results import export_csv, results_table
+    from engine.sweep.results import export_csv, results_table
     print(results_table(Path(args.dir)))
     if args.csv:
         print(export_csv(Path(args.dir), Path(args.csv)), file=sys.stderr)
@@ -249,9 +249,9 @@ def _results(args) -> int:
 
 
 def _manifold_sweep(args) -> int:
-    from engine.manifold_figures import format_best
-    from engine.manifold_sweep import parse_overlaps, run_manifold_sweep
-    from engine.sweep import parse_ints
+    from engine.studies.manifold_figures import format_best
+    from engine.studies.manifold_sweep import parse_overlaps, run_manifold_sweep
+    from engine.sweep.driver import parse_ints
     result = run_manifold_sweep(
         parse_overlaps(args.overlaps), parse_ints(args.n_target, "n-target", minimum=1),
         parse_ints(args.seeds, "seeds"), vary=args.vary, d_latent=args.d_latent,
@@ -267,14 +267,14 @@ def _manifold_sweep(args) -> int:
 
 
 def _report(args) -> int:
-    from engine.report import write_report
+    from engine.sweep.report import write_report
     for path in write_report(Path(args.dir)):
         print(path)
     return 0
 
 
 def _toy(args) -> int:
-    from engine.toy import parse_alphas, run_toy
+    from engine.studies.toy import parse_alphas, run_toy
     print(run_toy(Path(args.out), k=args.k, n=args.n, seed=args.seed, alphas=parse_alphas(args.alphas),
                   lam=args.lam, hidden=args.hidden, length=args.length,
                   log=lambda m: print(m, file=sys.stderr)))
@@ -282,9 +282,9 @@ def _toy(args) -> int:
 
 
 def _analyze(args) -> int:
-    from engine.analyze import Options, analyze
-    from engine.sweep import parse_floats, parse_ints, parse_names
-    from engine.runs import BASELINES, TRANSFER_MODES
+    from engine.analysis.analyze import Options, analyze
+    from engine.sweep.driver import parse_floats, parse_ints, parse_names
+    from engine.spec import BASELINES, TRANSFER_MODES
     o = Options(max_samples=args.max_samples)
     if args.beta:
         o.betas = parse_floats(args.beta, "beta")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from engine.build import build_data
+from engine.data.build import build_data
 from engine.errors import EngineError
-from engine.inspect import inspect
-from engine.report import write_report
-from engine.results import results_table
-from engine.sweep import run_sweep
+from engine.data.inspect import inspect
+from engine.sweep.report import write_report
+from engine.sweep.results import results_table
+from engine.sweep.driver import run_sweep
 
 
 def _log(message: str) -> None:

@@ -82,7 +82,7 @@ def alice_epoch_checkpoint(out: Path, alice_id: str, epoch: int) -> Path:
 
 
 def manifold_figures(out: Path) -> Path:
-    """PNGs of `engine manifold-sweep` (engine.manifold_figures)."""
+    """PNGs of `engine manifold-sweep` (engine.studies.manifold_figures)."""
     return out / "manifold"
 
 

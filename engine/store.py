@@ -57,7 +57,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "engine_version": pa.string(),
     "finished_at": pa.string(),       # ISO 8601, UTC
     "computed_by": pa.string(),       # "" = this run trained; else the run_id whose training
-                                      # gave these metrics (same computation_id, engine.runs)
+                                      # gave these metrics (same computation_id, engine.spec)
     "spec_json": pa.string(),         # the run's full spec, canonical JSON
 }
 SCHEMA = pa.schema(list(COLUMNS.items()))

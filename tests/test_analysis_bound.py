@@ -183,10 +183,10 @@ def test_real_mnist_fashion_bound_is_above_the_target_loss(tmp_path):
     """Alice's mlp (2 epochs on alice_label) gives the features; the target task is bob_label at
     beta 1; Bob's linear head is trained on the target features."""
     import engine
-    from engine.alice import load_data
-    from engine.freeze import prepare_bob
-    from engine.models import build_model
-    from engine.train import fit
+    from engine.train.alice import load_data
+    from engine.train.freeze import prepare_bob
+    from engine.train.models import build_model
+    from engine.train.trainer import fit
 
     out = engine.build_data("mnist:fashion", 1.0, seed=0, n_train=2000, n_test=500,
                             data_root=REAL, out=tmp_path)

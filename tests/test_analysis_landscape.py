@@ -9,10 +9,10 @@ from engine.analysis.attribution import attribution_mass, attributions, half_col
 from engine.analysis.landscape import (barrier_height, interpolate, interpolate_state,
                                        module_criticality)
 from engine.errors import EngineError
-from engine.freeze import prepare_bob
-from engine.models import Head, LayeredNet, build_model
+from engine.train.freeze import prepare_bob
+from engine.train.models import Head, LayeredNet, build_model
 from engine.threads import one_thread
-from engine.train import DeviceData, evaluate, fit
+from engine.train.trainer import DeviceData, evaluate, fit
 
 SHAPE = TWO_HALF_SHAPE  # conftest.two_half_arrays
 HALVES = {"left": {"columns": [0, 28]}, "right": {"columns": [28, 56]}}  # as in a manifest

@@ -6,8 +6,8 @@ import torch
 from engine.analysis import CKAAccumulator, cka_matrix, linear_cka
 from engine.analysis import similarity
 from engine.errors import EngineError
-from engine.models import build_model
-from engine.train import DeviceData
+from engine.train.models import build_model
+from engine.train.trainer import DeviceData
 
 
 def gram_cka(X, Y):

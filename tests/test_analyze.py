@@ -9,7 +9,7 @@ import pytest
 from engine import paths
 from engine.analysis import artifacts as art
 from engine.cli import main
-from engine.models import LayeredNet
+from engine.train.models import LayeredNet
 from engine.store import read_analysis
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -65,8 +65,8 @@ def test_bob_model_recreates_and_reloads(sweep, monkeypatch):
     _, metrics = art.bob_model(sweep, row["run_id"])
     assert abs(metrics["test_acc"] - row["test_acc"]) <= 1e-6
     assert path.is_file()
-    import engine.sweep
-    monkeypatch.setattr(engine.sweep, "run_bob", lambda *a, **k: pytest.fail("retrained"))
+    import engine.sweep.driver
+    monkeypatch.setattr(engine.sweep.driver, "run_bob", lambda *a, **k: pytest.fail("retrained"))
     model, again = art.bob_model(sweep, row["run_id"])
     assert again["test_acc"] == metrics["test_acc"]
     _, spec, _ = art.load_checkpoint(path)

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine import beton, ffcv_io
+from engine.data import beton, ffcv_io
 from engine.errors import EngineError
 from engine.kernels.compose import fill_composed, plan_layout
 
@@ -110,7 +110,7 @@ def test_reader_works_without_ffcv(tmp_path):
     path = tmp_path / "d.beton"
     beton.write(path, _fields((28, 56, 1)), scalars, 50, beton.rows_fill(images))
     code = ("import sys; sys.modules['ffcv'] = None\n"  # any `import ffcv` now raises ImportError
-            "from engine.beton import read_beton\n"
+            "from engine.data.beton import read_beton\n"
             f"d = read_beton({str(path)!r}); print(d['image'].shape, int(d['bob_label'].sum()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["(50,", "28,", "56,", "1)", str(int(scalars["bob_label"].sum()))]

@@ -11,7 +11,7 @@ import pytest
 import scipy.io
 
 import engine
-from engine import beton, ffcv_io
+from engine.data import beton, ffcv_io
 from engine import datasets as sources
 from engine.errors import EngineError
 
@@ -133,7 +133,7 @@ def test_npz_sources_and_equal_class_counts(tmp_path):
 
 def test_failure_mid_write_leaves_nothing_behind(tmp_path, fake_data, monkeypatch):
     _svhn_root(fake_data.root)
-    import engine.build as build
+    import engine.data.build as build
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -7,7 +7,7 @@ from engine.kernels import beton as page
 from engine.kernels.compose import (compose, compose_numpy, fill_composed, fill_composed_numpy,
                                     plan_layout)
 from engine.kernels.pairing import class_index, draw_pairing, pair, pair_numpy
-from engine.stats import contingency, cramers_v, label_stats
+from engine.data.stats import contingency, cramers_v, label_stats
 
 
 def _labels(rng, n, classes):

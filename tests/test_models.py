@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError
-from engine.models import ARCHS, Head, LayeredNet, build_model, reset_parameters
+from engine.train.models import ARCHS, Head, LayeredNet, build_model, reset_parameters
 
 SHAPES = [(28, 56, 1), (32, 64, 3)]
 N_LAYERS = {"mlp": 5, "cnn": 5, "resnet18": 6}

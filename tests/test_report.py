@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from engine.errors import EngineError
-from engine.report import write_report
-from engine.results import export_csv, results_table
+from engine.sweep.report import write_report
+from engine.sweep.results import export_csv, results_table
 from engine.store import ResultsStore
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

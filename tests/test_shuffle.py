@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import engine
-from engine import beton
+from engine.data import beton
 from engine.cli import main
 from engine.errors import EngineError
 from engine.kernels.shuffle import (block_index, block_permutation, shuffle_blocks,
@@ -224,7 +224,7 @@ def test_sweep_over_block_sizes(npz_pair, tmp_path, capsys):
 
 
 def test_parse_block_shuffles():
-    from engine.sweep import parse_block_shuffles
+    from engine.sweep.driver import parse_block_shuffles
     assert parse_block_shuffles("1,2,4,7,14,28,none") == [1, 2, 4, 7, 14, 28, None]
     assert parse_block_shuffles("none,NONE,4,4") == [None, 4]
     for bad in ("0", "x", "2,,4", "-1"):

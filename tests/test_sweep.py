@@ -7,11 +7,12 @@ import torch
 
 import engine
 from engine import paths
-from engine.alice import pretrain
-from engine.checkpoint import load_checkpoint
+from engine.train.alice import pretrain
+from engine.train.checkpoint import load_checkpoint
 from engine.cli import main
 from engine.errors import EngineError
-from engine.runs import AliceSpec, BobSpec, Training, expand_sweep
+from engine.spec import AliceSpec, BobSpec, Training
+from engine.sweep.expand import expand_sweep
 from engine.store import ResultsStore
 
 TINY = {"depth": 2, "width": 16}  # mlp with L = 3
@@ -227,7 +228,7 @@ def stored(out):
 
 
 def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monkeypatch, capsys):
-    import engine.sweep as sweep
+    import engine.sweep.driver as sweep
     out = tmp_path / "sweep"
     real_fit, calls = sweep.fit, []
 
@@ -279,19 +280,19 @@ def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monke
         assert trained.loc[run_id, metrics[:4]].tolist() == row[metrics[:4]].tolist()
 
 
-ffcv_missing = not __import__("engine.ffcv_io").ffcv_io.available()
+ffcv_missing = not __import__("engine.data.ffcv_io").data.ffcv_io.available()
 
 
 @pytest.mark.skipif(ffcv_missing, reason="FFCV is not importable")
 def test_streaming_matches_device_data_and_runs_a_sweep(tiny_pair, tmp_path, capsys):
-    from engine.alice import load_data
-    from engine.stream import StreamData, channel_stats
+    from engine.train.alice import load_data
+    from engine.train.stream import StreamData, channel_stats
     data = engine.build_data(tiny_pair, 0.5, n_train=300, n_test=100, out=tmp_path / "datasets")
     train, _ = load_data(data, torch.device("cpu"))
     stats = channel_stats(data / "train.beton")
     assert np.allclose(stats, train.stats, atol=1e-6)
     streamed = StreamData(data / "train.beton", stats=stats).subset(50, seed=3)
-    labels = engine.beton.read_beton(data / "train.beton", ["bob_label"])["bob_label"]
+    labels = engine.data.beton.read_beton(data / "train.beton", ["bob_label"])["bob_label"]
     assert np.array_equal(labels[streamed.indices], train.subset(50, 3).labels["bob_label"].numpy())
 
     out = tmp_path / "sweep"

@@ -11,7 +11,7 @@ from engine.threads import one_thread
 FAULTS = """
 import resource, sys
 import torch, torch.nn.functional as F
-from engine.models import build_model
+from engine.train.models import build_model
 from engine.threads import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory() and keep_freed_memory()

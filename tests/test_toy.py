@@ -10,10 +10,10 @@ import pytest
 
 from engine.cli import main
 from engine.errors import EngineError
-from engine.toy import (COLUMNS, SCENARIOS, alice_weights, bob_accuracy, components, covariance,
+from engine.studies.toy import (COLUMNS, SCENARIOS, alice_weights, bob_accuracy, components, covariance,
                         ridge, s1_rho, s1_weights, sample, simulate, train_linear)
-from engine.toy.model import correlation, group_vectors
-from engine.toy.sim import agreement, retrained
+from engine.studies.toy.model import correlation, group_vectors
+from engine.studies.toy.sim import agreement, retrained
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALPHAS = (-1.0, -0.8, -0.3, 0.0, 0.2, 0.6, 1.0)

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import TWO_HALF_SHAPE, two_half_arrays
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
-from engine.freeze import MODES, frozen_prefix, layer_plan, prepare_bob
-from engine.models import build_model
-from engine.train import (CompiledModelCache, DeviceData, epoch_batches, evaluate, feature_budget,
+from engine.train.freeze import MODES, frozen_prefix, layer_plan, prepare_bob
+from engine.train.models import build_model
+from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate, feature_budget,
                           fit, make_runner)
 
 SHAPE = TWO_HALF_SHAPE  # conftest.two_half_arrays
@@ -284,7 +284,7 @@ def test_compiled_runner_is_not_recompiled_across_runs(data, test_data, alice):
     cache = CompiledModelCache("cpu", compile=True, backend=counting_backend)
     after_first = None
     for seed, mode in [(0, "finetune"), (1, "finetune"), (2, "reinit"), (3, "finetune")]:
-        runner = cache.get("cnn", SHAPE, 10, frozen_upto=2, **CNN)  # as engine.sweep.run_bob does
+        runner = cache.get("cnn", SHAPE, 10, frozen_upto=2, **CNN)  # as engine.sweep.driver.run_bob does
         params = prepare_bob(runner.model, alice, retrain_from=3, mode=mode, seed=seed)
         for epochs in (1, 2):  # the prefix runs per step, then on cached features
             fit(runner.model, params, data, "bob_label", epochs=epochs, seed=seed, frozen_upto=2,

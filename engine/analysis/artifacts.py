@@ -23,16 +23,16 @@ import pandas as pd
 import torch
 
 from engine import paths
-from engine.alice import load_data
+from engine.train.alice import load_data
 from engine.atomic import atomic_path
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
-from engine.freeze import frozen_prefix, prepare_bob
-from engine.manifest import read_manifest
-from engine.models import LayeredNet, build_model
-from engine.runs import BobSpec, n_layers
+from engine.train.freeze import frozen_prefix, prepare_bob
+from engine.data.manifest import read_manifest
+from engine.train.models import LayeredNet, build_model
+from engine.spec import BobSpec, n_layers
 from engine.store import ResultsStore
-from engine.train import CompiledModelCache, DeviceData
+from engine.train.trainer import CompiledModelCache, DeviceData
 
 POOL_ABOVE = 4096  # conv activations wider than this (C*H*W) are globally average-pooled to C
 DEVICE = torch.device("cpu")
@@ -144,7 +144,7 @@ def bob_model(out: Path, run_id: str | None = None, *, spec: BobSpec | None = No
     if path.is_file():
         model, _, metrics = _model_from(path)
         return model, metrics
-    from engine.sweep import run_bob  # the sweep's code path; imported late (sweep imports a lot)
+    from engine.sweep.driver import run_bob  # the sweep's code path; imported late (sweep imports a lot)
     if log:
         log(f"re-creating Bob {spec.run_id} ({spec.mode}, l={spec.retrain_from}, seed={spec.seed})")
     train, test, manifest = dataset(out, spec.dataset)

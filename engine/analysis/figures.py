@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from engine.analysis.select import spearman
-from engine.report import _save
+from engine.sweep.report import _save
 
 
 def _grid(rows: int, cols: int, w: float = 3.2, h: float = 2.8):

@@ -5,7 +5,7 @@ Sources: B. Neyshabur, H. Sedghi, C. Zhang, "What is being transferred in transf
 measure from N. Chatterji, B. Neyshabur, H. Sedghi, "The intriguing role of module criticality in
 the generalization of deep networks" (ICLR 2020), eq. 2.
 
-Layers are the `LayeredNet` blocks, reported 1..L as in `engine.freeze`. States are whole
+Layers are the `LayeredNet` blocks, reported 1..L as in `engine.train.freeze`. States are whole
 `model.state_dict()`s (e.g. from `checkpoint.load_checkpoint`); every function restores the model's
 own state before returning. Evaluation is `train.evaluate` (eval mode: BatchNorm uses its running
 statistics).
@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from engine.errors import EngineError
-from engine.models import LayeredNet
-from engine.train import DeviceData, evaluate
+from engine.train.models import LayeredNet
+from engine.train.trainer import DeviceData, evaluate
 
 
 def _blend(a: Tensor, b: Tensor, t: float) -> Tensor:

@@ -28,10 +28,10 @@ from scipy.stats import spearmanr
 from engine.analysis import artifacts as art
 from engine.analysis.estimators import h_score, leep, logme, nce
 from engine.analysis.similarity import cka_matrix
-from engine.freeze import prepare_bob
-from engine.manifest import read_manifest
-from engine.models import build_model
-from engine.train import fit
+from engine.train.freeze import prepare_bob
+from engine.data.manifest import read_manifest
+from engine.train.models import build_model
+from engine.train.trainer import fit
 
 SCORES = ("cka_diag", "cka_best", "logme", "h_score", "leep", "nce")
 LABEL = "bob_label"
@@ -70,7 +70,7 @@ def select_source(out: Path, target: Path, n: int, alice_ids: list[str], runs: p
                   epochs: int = 10, seed: int = 0, max_samples: int = 1000) -> pd.DataFrame:
     """One row per candidate: its scores, measured accuracy and rank by each score (1 = best);
     the Spearman correlations are in `df.attrs["spearman"]`."""
-    from engine.alice import load_data
+    from engine.train.alice import load_data
     manifest = read_manifest(target)
     train, test = load_data(target, art.DEVICE)
     n = min(int(n), len(train))

@@ -7,9 +7,9 @@ import numpy as np
 
 from engine import paths
 from engine.atomic import atomic_path
-from engine.beton import BetonFile
+from engine.data.beton import BetonFile
 from engine.errors import EngineError
-from engine.manifest import read_manifest, summary
+from engine.data.manifest import read_manifest, summary
 
 
 def inspect(dataset: Path, grid: Path | None = None, *, split: str = "test", count: int = 24,

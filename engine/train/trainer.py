@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.errors import EngineError
-from engine.freeze import set_train_mode
-from engine.models import LayeredNet, build_model
+from engine.spec import OPTIMIZERS
+from engine.train.freeze import set_train_mode
+from engine.train.models import LayeredNet, build_model
 from engine.threads import keep_freed_memory
 
-OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # name -> default learning rate
 SGD_MOMENTUM = 0.9
 FEATURE_CACHE_SHARE = 0.5  # of the device's free memory a run's frozen features may take
 FEATURE_CACHE_BYTES = 2 * 2**30  # where free memory cannot be read

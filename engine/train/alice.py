@@ -6,7 +6,7 @@ test accuracy on Alice's task, as metadata) and `epoch-<k>.safetensors` for each
 exists and lists every requested epoch is complete and is reused; anything else is retrained.
 
 Alice's initial weights come from a seed stream of their own, so Bob's fresh layers under the same
-seed (engine.freeze) are independent of Alice's starting point.
+seed (engine.train.freeze) are independent of Alice's starting point.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ import numpy as np
 import torch
 
 from engine import __version__, paths
-from engine.beton import read_beton
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.data.beton import read_beton
+from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
-from engine.freeze import prepare_bob, set_train_mode
-from engine.manifest import read_manifest
-from engine.models import build_model
-from engine.runs import AliceSpec
-from engine.stream import StreamData, evaluate_stream
-from engine.train import (CompiledModelCache, DeviceData, epoch_batches, evaluate, make_optimizer,
+from engine.train.freeze import prepare_bob, set_train_mode
+from engine.data.manifest import read_manifest
+from engine.train.models import build_model
+from engine.spec import AliceSpec
+from engine.train.stream import StreamData, evaluate_stream
+from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate, make_optimizer,
                           make_runner, train_step)
 
 LABEL = "alice_label"

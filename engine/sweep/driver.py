@@ -26,19 +26,19 @@ from typing import Callable, Sequence, TextIO
 import torch
 
 from engine import __version__, paths
-from engine.alice import device_name, is_complete, load_data, pretrain, resolve_device
-from engine.build import build_data, check_block_shuffles, parse_pair
-from engine.checkpoint import load_checkpoint
+from engine.train.alice import device_name, is_complete, load_data, pretrain, resolve_device
+from engine.data.build import build_data, check_block_shuffles, parse_pair
+from engine.train.checkpoint import load_checkpoint
 from engine.errors import EngineError
-from engine.freeze import frozen_prefix, prepare_bob
-from engine.manifest import read_manifest
+from engine.train.freeze import frozen_prefix, prepare_bob
+from engine.data.manifest import read_manifest
 from engine.progress import Progress
-from engine.runs import (BASELINES, TRANSFER_MODES, BobSpec, Training, alice_spec, check_betas,
-                         describe, expand_sweep, n_layers)
+from engine.spec import BASELINES, TRANSFER_MODES, BobSpec, Training, n_layers
+from engine.sweep.expand import alice_spec, check_betas, describe, expand_sweep
 from engine.spec import canonical_json
 from engine.store import ResultsStore
-from engine.stream import StreamData, dataset_bytes, evaluate_stream, fit_stream, fits_on_device
-from engine.train import CompiledModelCache, evaluate, fit
+from engine.train.stream import StreamData, dataset_bytes, evaluate_stream, fit_stream, fits_on_device
+from engine.train.trainer import CompiledModelCache, evaluate, fit
 
 LABEL = "bob_label"
 METRICS = ("n_layers", "n_bob", "test_acc", "test_loss", "train_acc", "train_loss", "wall_s",
@@ -294,7 +294,7 @@ def _run_dataset(dataset_dir: Path, specs: list[BobSpec], alices: dict, dirs: di
                  bar: Progress, out: Path, save_epochs: Sequence[int],
                  budget_gb: float | None, computed: dict[str, tuple[str, dict]]) -> None:
     """Run `specs` (all on this dataset) in order. A spec whose computation_id is in `computed`
-    (engine.runs.BobSpec.computation_id: reinit at l = 1 and scratch; finetune and reinit at
+    (engine.spec.BobSpec.computation_id: reinit at l = 1 and scratch; finetune and reinit at
     l = L) is not trained again: its row takes those metrics and names that run in computed_by."""
     manifest = read_manifest(dataset_dir)
     stream = not fits_on_device(dataset_dir, device, budget_gb)

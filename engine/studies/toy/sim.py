@@ -1,4 +1,4 @@
-"""Simulated counterpart of `engine.toy.model`: Alice's network trained by SGD on n samples, Bob's
+"""Simulated counterpart of `engine.studies.toy.model`: Alice's network trained by SGD on n samples, Bob's
 accuracy measured on fresh samples.
 
 Each (scenario, alpha) draws three independent sets of n samples: Alice trains on the first, Bob
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from engine.threads import one_thread
-from engine.toy.model import SCENARIOS, check, components, sample
+from engine.studies.toy.model import SCENARIOS, check, components, sample
 
 LINEAR_STEPS = 5000  # a cap; it stops at a vanishing gradient
 MLP_STEPS, MLP_LR, MLP_DECAY = 600, 0.1, 1e-3

@@ -1,7 +1,7 @@
-"""Training and evaluation streamed from a `.beton` through FFCV's Loader (`engine.ffcv_io.loader`),
+"""Training and evaluation streamed from a `.beton` through FFCV's Loader (`engine.data.ffcv_io.loader`),
 for datasets too large to keep on the device (see `fits_on_device`).
 
-The arithmetic is `engine.train`'s: the same step, optimizer, normalisation (exact per-channel
+The arithmetic is `engine.train.trainer`'s: the same step, optimizer, normalisation (exact per-channel
 stats of the whole training split, computed here without FFCV) and ragged-end rule. What differs:
 batches come from disk in FFCV's seeded order, and the frozen prefix runs on every step (there is
 no feature cache).
@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine import ffcv_io
-from engine.beton import BetonFile, default_workers
-from engine.freeze import set_train_mode
-from engine.models import LayeredNet
-from engine.train import (OPTIMIZERS, DeviceData, Runner, _autocast, _memory_format, make_optimizer,
+from engine.data import ffcv_io
+from engine.data.beton import BetonFile, default_workers
+from engine.train.freeze import set_train_mode
+from engine.train.models import LayeredNet
+from engine.train.trainer import (OPTIMIZERS, DeviceData, Runner, _autocast, _memory_format, make_optimizer,
                           make_runner, train_step)
 
 STATS_CHUNK = 8192  # images per read when computing channel statistics
@@ -107,7 +107,7 @@ def fit_stream(model: LayeredNet, params: list[nn.Parameter], data: StreamData, 
                epochs: int, lr: float | None = None, optimizer: str = "sgd", batch_size: int = 128,
                seed: int, frozen_upto: int = 0, device: str | torch.device = "cpu",
                runner: Runner | None = None) -> dict:
-    """`engine.train.fit` over a streamed split; returns the same metrics."""
+    """`engine.train.trainer.fit` over a streamed split; returns the same metrics."""
     lr = OPTIMIZERS[optimizer] if lr is None else lr
     device = torch.device(device)
     if runner is None:

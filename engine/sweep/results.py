@@ -1,7 +1,7 @@
 """`engine results DIR [--csv FILE]`: depth x beta tables of Bob's test accuracy, and CSV export.
 With several block-shuffle sizes in the store, each gets its own tables.
 
-Also the aggregation shared with engine.report: `load` and `cells`.
+Also the aggregation shared with engine.sweep.report: `load` and `cells`.
 """
 from __future__ import annotations
 

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import __version__, beton, paths
+from engine import __version__, paths
+from engine.data import beton
 from engine import datasets as sources
 from engine.atomic import staged, writable_dir, write_json
-from engine.checksums import sha256_file, source_checksums
+from engine.data.checksums import sha256_file, source_checksums
 from engine.errors import EngineError
 from engine.kernels.compose import Layout, fill_composed, plan_layout
 from engine.kernels.pairing import class_index, draw_pairing, pair
 from engine.kernels.shuffle import block_index, block_permutation, shuffle_page
-from engine.manifest import is_complete, read_manifest
+from engine.data.manifest import is_complete, read_manifest
 from engine.spec import DataSpec
-from engine.stats import label_stats
+from engine.data.stats import label_stats
 
 SPLITS = ("train", "test")
 SCALAR_FIELDS = ("alice_label", "bob_label", "left_index", "right_index")

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from engine.atomic import atomic_path, write_bytes
-from engine.results import ALICE_MODES, block_name, cells, load, modes
+from engine.sweep.results import ALICE_MODES, block_name, cells, load, modes
 
 
 def _safe(name: str) -> str:

@@ -47,11 +47,12 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from engine import __version__, beton, paths
+from engine import __version__, paths
+from engine.data import beton
 from engine.atomic import staged, writable_dir, write_json
-from engine.checksums import sha256_file
+from engine.data.checksums import sha256_file
 from engine.errors import EngineError
-from engine.manifest import is_complete
+from engine.data.manifest import is_complete
 from engine.spec import spec_hash
 
 MANIFOLD_FORMAT_VERSION = 1  # bump when the bytes a ManifoldSpec produces change

@@ -151,7 +151,7 @@ def barrier(out: Path, o: Options, log: LOG) -> list[Path]:
 
 def criticality(out: Path, o: Options, log: LOG) -> list[Path]:
     from engine.analysis.landscape import module_criticality
-    from engine.train import evaluate
+    from engine.train.trainer import evaluate
     runs = _runs(out, o, ("finetune", "scratch"))
     rows = []
     for _, r in runs[runs["retrain_from"] == 1].iterrows():

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 
 from engine.atomic import atomic_path, write_bytes
 from engine.errors import EngineError
-from engine.toy.model import SCENARIOS, alice_weights, bob_accuracy, check, components, kernel
-from engine.toy.sim import simulate
+from engine.studies.toy.model import SCENARIOS, alice_weights, bob_accuracy, check, components, kernel
+from engine.studies.toy.sim import simulate
 
 COLUMNS = ("scenario", "alpha", "protocol", "analytic_acc", "simulated_acc")
 DEFAULT_ALPHAS = tuple(float(a) for a in np.round(np.linspace(-1, 1, 21), 10))

@@ -72,7 +72,7 @@ def loader(path: str | os.PathLike, *, batch_size: int, num_workers: int = 1, sh
     from ffcv.fields.decoders import NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
 
-    from engine.beton import FLOAT, INT, BetonFile
+    from engine.data.beton import FLOAT, INT, BetonFile
 
     decoders = {INT: IntDecoder, FLOAT: FloatDecoder}
     fields = BetonFile(path).fields

@@ -1,6 +1,6 @@
 """`engine manifold-sweep`: the best transfer depth in the correlated hidden-manifold model.
 
-For each similarity level s in --overlaps, a dataset (engine.manifold) whose target differs from the
+For each similarity level s in --overlaps, a dataset (engine.data.manifold) whose target differs from the
 source by s, according to `vary`:
 
     vary        feature_overlap   teacher_overlap
@@ -10,7 +10,7 @@ source by s, according to `vary`:
 
 then, per seed, Alice (an mlp with L = depth + 1 layers) is pre-trained on source-train alice_label,
 and for every n_target Bob is trained on the first n_target samples of target-train (nested subsets,
-engine.train.DeviceData.subset) for bob_label: fine-tuned from Alice for every retrain-from layer
+engine.train.trainer.DeviceData.subset) for bob_label: fine-tuned from Alice for every retrain-from layer
 l = 1..L (mode finetune: layers 1..l-1 frozen, l..L-1 trained from Alice's weights, a fresh head),
 and from scratch. Each Bob run is tested on all of target-test.
 
@@ -21,7 +21,7 @@ is. The epochs actually used are in the run's spec and row.
 Rows go to the results store under <out>/results (pair "manifold:<vary>", beta = s, n_bob =
 n_target), so `engine results` and `engine report` read them too; run ids are spec hashes and runs
 already stored are skipped. Alice is not stored: a resumed sweep retrains her (deterministically)
-only for the settings that still have runs to do. Figures: engine.manifold_figures.
+only for the settings that still have runs to do. Figures: engine.studies.manifold_figures.
 
 Defaults are sized for a CPU: D = 20, N = 200, K = 10 classes (binary labels gave scratch ~96 %
 at n = 1000, leaving transfer little to show), 10k source samples, an mlp of depth 4 and width 64,
@@ -37,17 +37,17 @@ from typing import Callable, Sequence
 import torch
 
 from engine import __version__, paths
-from engine.alice import device_name, init_seed, resolve_device
+from engine.train.alice import device_name, init_seed, resolve_device
 from engine.errors import EngineError
-from engine.freeze import prepare_bob
-from engine.manifold import ManifoldSpec, build_manifold, read_split
+from engine.train.freeze import prepare_bob
+from engine.data.manifold import ManifoldSpec, build_manifold, read_split
 from engine.progress import Progress
 from engine.threads import one_thread
-from engine.runs import AliceSpec, BobSpec, n_layers
+from engine.spec import AliceSpec, BobSpec, n_layers
 from engine.spec import canonical_json
 from engine.store import ResultsStore
-from engine.sweep import parse_floats, run_bob
-from engine.train import CompiledModelCache, DeviceData, evaluate, fit
+from engine.sweep.driver import parse_floats, run_bob
+from engine.train.trainer import CompiledModelCache, DeviceData, evaluate, fit
 
 ARCH = "mlp"
 VARY = ("both", "features", "teacher")
@@ -70,7 +70,7 @@ def overlaps_for(vary: str, s: float) -> dict:
 
 
 def bob_epochs(n: int, batch_size: int, epochs: int, min_steps: int) -> int:
-    """`epochs`, raised until there are at least `min_steps` steps (engine.train.epoch_batches
+    """`epochs`, raised until there are at least `min_steps` steps (engine.train.trainer.epoch_batches
     makes max(1, n // batch_size) batches per epoch)."""
     per_epoch = max(1, n // batch_size)
     return max(epochs, -(-min_steps // per_epoch))
@@ -145,8 +145,8 @@ def run_manifold_sweep(overlaps: Sequence[float], n_targets: Sequence[int],
                        device: str | torch.device = "auto", out=None,
                        log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) the sweep and write its figures; see the module docstring.
-    Returns {"total", "ran", "figures", "best"} (best: engine.manifold_figures.best_depths)."""
-    from engine.manifold_figures import best_depths, write_figures
+    Returns {"total", "ran", "figures", "best"} (best: engine.studies.manifold_figures.best_depths)."""
+    from engine.studies.manifold_figures import best_depths, write_figures
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     n_targets, seeds = list(dict.fromkeys(n_targets)), list(dict.fromkeys(seeds))
     if not overlaps or not n_targets or not seeds:

@@ -1,0 +1,1 @@
+"""Sweeps: the SweepSpec, the pure plan of work units, executors, the driver, results and reports."""

@@ -1,0 +1,1 @@
+"""Training: models and their layer contract, freezing, the trainer, Alice, checkpoints."""
