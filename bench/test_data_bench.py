@@ -3,8 +3,11 @@ machine. Run with `make bench` (needs real MNIST and Fashion-MNIST under ENGINE_
 
 - engine_write_split: pair + compose + write a 60k-sample mnist:fashion train split into a .beton
   (page cache; sources already cached). This is the hot path the 1M samples/s target is about.
-- engine_build_data: the whole `build_data` (train 60k + test 10k), including the sha256 of each
-  output, the label statistics and the manifest.
+- engine_build_data: the whole `build_data` (train 60k + test 10k), including the digest of each
+  output (XXH3-128 per page, hashed by the page writers), the label statistics, the lock and the
+  resource check, and the manifest.
+- engine_verify_dataset: `verify_dataset` of that dataset (both splits re-hashed from the page
+  cache, labels range-checked), what a sweep or `pretrain` pays before training on it.
 - ffcv_dataset_writer: FFCV's DatasetWriter(num_workers=2) writing the same 60k composed samples
   from in-memory arrays (composing is not even charged to it).
 """
@@ -67,6 +70,16 @@ def test_engine_build_data(benchmark, tmp_path):
                                                           out=tmp_path),
                                 setup=fresh, rounds=5, iterations=1)
     nbytes = sum(f.stat().st_size for f in result.glob("*.beton"))
+    _report(benchmark, N + 10_000, nbytes)
+
+
+def test_engine_verify_dataset(benchmark, tmp_path):
+    from engine.data.manifest import _VERIFIED, verify_dataset
+    d = engine.build_data("mnist:fashion", 0.75, data_root=ROOT, out=tmp_path)
+    verify_dataset(d)  # warm the page cache and the reader
+
+    benchmark.pedantic(lambda: verify_dataset(d), setup=_VERIFIED.clear, rounds=10, iterations=1)
+    nbytes = sum(f.stat().st_size for f in d.glob("*.beton"))
     _report(benchmark, N + 10_000, nbytes)
 
 

@@ -7,11 +7,11 @@ The data, identical for both: a `mnist:fashion` beta 0.75 dataset and one Alice 
 0.01/0.9, seed 0, each followed by evaluation on the whole test split. Two workloads:
 
 - `test_finetunes_engine_vs_naive`: one `finetune` run per depth l = 1..L of the reference `cnn`
-  (L = 5). Engine: `engine.sweep.driver.run_bob` as a sweep calls it (data on the device once, one
+  (L = 5). Engine: `engine.sweep.executors.run_bob` as a serial sweep calls it (data on the device once, one
   `CompiledModelCache`, frozen-prefix features cached for fits of two or more epochs).
 - `test_sweep_engine_vs_naive`: every run of `engine sweep --layers all` with the default modes and
   baselines for one (beta, seed): finetune and reinit at l = 1..5, scratch, random-frozen at
-  l = 2..5 (15 runs). Engine: `engine.sweep.driver.run_sweep` itself, results store and all, which trains
+  l = 2..5 (15 runs). Engine: `engine.sweep.driver.run_sweep` itself (serial executor), results store and all, which trains
   the 13 distinct computations among the 15 runs (engine.spec.BobSpec.computation_id).
 
 Naive: `bench/naive_baseline.py` run as a script in a process of its own (so the engine's
@@ -49,7 +49,9 @@ from engine.train.checkpoint import load_checkpoint
 from engine.spec import BobSpec, Training, n_layers
 from engine.sweep.expand import alice_spec, expand_sweep
 from engine.store import ResultsStore
-from engine.sweep.driver import run_bob, run_sweep
+from engine.sweep.driver import run_sweep
+from engine.sweep.executors import run_bob
+from engine.sweep.spec import SweepSpec
 from engine.train.trainer import CompiledModelCache
 
 ROOT = Path(os.environ.get("ENGINE_DATA_ROOT", "data"))
@@ -182,18 +184,18 @@ def test_sweep_engine_vs_naive(benchmark, sweep_out):
     specs = expand_sweep([BETA], [ARCH], [SEED], datasets={BETA: s["dataset"].name}, bob=BOB,
                          alice=ALICE)
     runs = [(spec.retrain_from, spec.mode) for spec in specs]
-    options = dict(pair=PAIR, betas=[BETA], seeds=[SEED], archs=[ARCH], epochs=EPOCHS,
-                   alice_epochs=ALICE.epochs, batch_size=BATCH, device="cpu", out=s["out"],
-                   n_train=N_TRAIN, n_test=N_TEST, data_root=ROOT, stderr=io.StringIO())
+    spec = SweepSpec(PAIR, betas=(BETA,), seeds=(SEED,), archs=(ARCH,), bob=BOB, alice=ALICE,
+                     device="cpu", n_train=N_TRAIN, n_test=N_TEST, data_root=str(ROOT),
+                     executor="serial")
     results = paths.sweep_out(s["out"]) / "results"
 
-    def sweep(**extra):
+    def sweep(**changes):
         shutil.rmtree(results, ignore_errors=True)  # every run again, Alice and data reused
         t0 = time.perf_counter()
-        counts = run_sweep(**options, **extra)
+        counts = run_sweep(spec.replace(**changes), s["out"], stderr=io.StringIO())
         return time.perf_counter() - t0, counts
 
-    sweep(n_bobs=[WARMUP_N])  # untimed warm-up
+    sweep(n_bobs=(WARMUP_N,))  # untimed warm-up
     engine_rounds, naive_rounds, loads = [], [], []
 
     def run_naive():

@@ -1,10 +1,15 @@
 """Command line: `engine <command> ...` (also `python -m engine`).
 
-Every user error ends as one line on stderr and exit status 2, with no traceback.
+Every user error ends as one line on stderr and exit status 2, with no traceback: bad flags (checked
+by argparse before any work, see the `_int`/`_float` types), EngineErrors, and OSErrors from the
+environment (a full disk, a read-only or wrong-type path). A closed stdout ends the command quietly.
+Anything else is a bug: one line too (exit 1), with the traceback when ENGINE_TRACEBACK=1.
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -13,12 +18,55 @@ from engine.errors import EngineError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _int(lo: int, hi: int | None = None, what: str | None = None):
+    """argparse type: an integer in [lo, hi]."""
+    what = what or {0: "a non-negative integer", 1: "a positive integer"}.get(lo, "an integer")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{what} >= {lo}" if hi is None else f"{what} in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float(lo: float | None = None, hi: float | None = None, *, open_lo: bool = False):
+    """argparse type: a finite number in [lo, hi] ((lo, hi] with open_lo)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        bad = not math.isfinite(value) or (lo is not None and (value <= lo if open_lo else value < lo)) \
+            or (hi is not None and value > hi)
+        if bad:
+            low = "" if lo is None else (f"> {lo:g}" if open_lo else f">= {lo:g}")
+            high = "" if hi is None else f"<= {hi:g}"
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be a finite number" + (f" {low}" if low else "")
+                + (" and" if low and high else "") + (f" {high}" if high else ""))
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+COUNT = _int(1)                  # sample counts, sizes, steps
+SEED = _int(0, 2**32 - 1)
+EPOCHS = _int(1, 100_000)
+POSITIVE = _float(0, open_lo=True)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-train", type=int, help="training samples (default: the left train split's size)")
-    p.add_argument("--n-test", type=int, help="test samples (default: the left test split's size)")
+    p.add_argument("--n-train", type=COUNT, help="training samples (default: the left train split's size)")
+    p.add_argument("--n-test", type=COUNT, help="test samples (default: the left test split's size)")
     p.add_argument("--data-root", help="source datasets, torchvision layout (default: $ENGINE_DATA_ROOT or ./data)")
 
 
@@ -30,14 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-data", help="build a correlated side-by-side dataset as .beton files")
     p.add_argument("--pair", required=True, help="LEFT:RIGHT sources, e.g. mnist:svhn (left = Alice's task)")
     p.add_argument("--beta", required=True, type=str, help="label correlation in [0, 1]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     _add_data_args(p)
     p.add_argument("--out", help="output root (default: $ENGINE_OUT or ./out/datasets)")
     p.add_argument("--fit", choices=["pad", "resize"], default="pad",
                    help="bring halves to a common height by zero-padding (default) or resizing")
-    p.add_argument("--image-size", type=int, default=32, help="side length for folder: sources")
+    p.add_argument("--image-size", type=_int(1, 4096), default=32,
+                   help="side length for folder: sources")
     shuffle = p.add_mutually_exclusive_group()
-    shuffle.add_argument("--block-shuffle", type=int, metavar="B",
+    shuffle.add_argument("--block-shuffle", type=COUNT, metavar="B",
                          help="shuffle each composed image's BxB blocks with one fixed permutation "
                          "(seeded by --seed); B must divide the image's height and width")
     shuffle.add_argument("--pixel-shuffle", action="store_const", const=1, dest="block_shuffle",
@@ -48,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="a dataset directory written by build-data")
     p.add_argument("--grid", help="write a PNG grid of samples captioned with their labels")
     p.add_argument("--split", choices=["train", "test"], default="test")
-    p.add_argument("--count", type=int, default=24)
+    p.add_argument("--count", type=_int(1, 10_000), default=24)
 
     p = sub.add_parser("demo", help="build the demo dataset and show what was built")
     p.add_argument("--data-root")
@@ -58,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a dataset directory written by build-data")
     p.add_argument("--arch", default="cnn", help="mlp, cnn or resnet18")
     _add_train_args(p, epochs_flag="--epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--save-epochs", default="", help="also save weights after these epochs, e.g. "
                    "0,1,2 (0 = initial weights)")
     p.add_argument("--out", help="sweep root; weights go to OUT/alice/ID "
@@ -66,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     p = sub.add_parser("sweep", help="run (or resume) a freeze-depth sweep into a results store")
-    p.add_argument("--pair", required=True, help="LEFT:RIGHT sources, e.g. mnist:svhn")
-    p.add_argument("--betas", required=True, help="comma-separated, each in [0, 1]")
+    p.add_argument("--pair", help="LEFT:RIGHT sources, e.g. mnist:svhn (default: the datasets "
+                   "`engine build-data` has built)")
+    p.add_argument("--betas", help="comma-separated, each in [0, 1] (default: every beta built)")
     p.add_argument("--layers", default="all", help="retrain-from layers l, or 'all' (1..L)")
     p.add_argument("--seeds", default="0", help="comma-separated non-negative integers")
     p.add_argument("--arch", default="cnn", help="comma-separated: mlp, cnn, resnet18")
@@ -86,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-shuffle", default="none", help="Bob's datasets: comma-separated block "
                    "sizes B (1 = pixel shuffle) and/or 'none', one dataset per beta and entry, "
                    "e.g. 1,2,4,7,14,28,none; Alice pre-trains on the unshuffled one")
+    p.add_argument("--executor", choices=["serial", "batched", "ray"], default="batched",
+                   help="batched (default): runs of one group shape train together as one stacked "
+                   "model; serial: one run at a time; ray: Alices and work units as Ray tasks, on "
+                   "this machine or a cluster (pip install 'engine-transfer[ray]')")
+    p.add_argument("--max-group", type=int, help="at most this many runs per batched group "
+                   "(default: as many as the memory budget allows)")
+    p.add_argument("--ray-address", metavar="auto|HOST:PORT", help="--executor ray: join this "
+                   "running Ray cluster (default: start a local Ray instance, one worker per core)")
+    p.add_argument("--cpus-per-unit", type=float, default=1.0, help="--executor ray: CPUs each "
+                   "task declares (default 1)")
+    p.add_argument("--gpus-per-unit", type=float, default=0.0, help="--executor ray: GPUs each "
+                   "task declares; fractions such as 0.25 pack several tasks onto one GPU "
+                   "(default 0: tasks run on the CPU)")
+    p.add_argument("--max-retries", type=int, default=2, help="--executor ray: retries of a task "
+                   "whose worker process or node died (default 2)")
+    p.add_argument("--no-wait", action="store_true", help="refuse at once, instead of waiting, "
+                   "when another process holds --out")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and stop")
 
     p = sub.add_parser("results", help="print a sweep's results table")
@@ -99,21 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which overlap the similarity sets (the other stays 1)")
     p.add_argument("--n-target", default="100,300,1000,3000", help="Bob's training sample sizes")
     p.add_argument("--seeds", default="0", help="comma-separated non-negative integers")
-    p.add_argument("--d-latent", type=int, default=20)
-    p.add_argument("--target-latent", type=int, help="target latent dimension (default --d-latent)")
-    p.add_argument("--n-input", type=int, default=200)
-    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--d-latent", type=_int(1, 100_000), default=20)
+    p.add_argument("--target-latent", type=_int(1, 100_000),
+                   help="target latent dimension (default --d-latent)")
+    p.add_argument("--n-input", type=_int(1, 1_000_000), default=200)
+    p.add_argument("--classes", type=_int(2, 100_000), default=10)
     p.add_argument("--nonlinearity", choices=["tanh", "sign"], default="tanh")
-    p.add_argument("--n-source", type=int, default=10000, help="Alice's training samples")
-    p.add_argument("--n-test", type=int, default=2000, help="samples per test split")
-    p.add_argument("--epochs", type=int, default=20, help="Bob's epochs (see --min-steps)")
-    p.add_argument("--min-steps", type=int, default=200, help="Bob's minimum optimiser steps")
-    p.add_argument("--alice-epochs", type=int, default=10)
+    p.add_argument("--n-source", type=COUNT, default=10000, help="Alice's training samples")
+    p.add_argument("--n-test", type=COUNT, default=2000, help="samples per test split")
+    p.add_argument("--epochs", type=EPOCHS, default=20, help="Bob's epochs (see --min-steps)")
+    p.add_argument("--min-steps", type=_int(0, 10**9), default=200,
+                   help="Bob's minimum optimiser steps")
+    p.add_argument("--alice-epochs", type=EPOCHS, default=10)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
-    p.add_argument("--lr", type=float, help="learning rate (default: sgd 0.01, adam 0.001)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--depth", type=int, default=4, help="mlp blocks before the head")
-    p.add_argument("--width", type=int, default=64, help="mlp units per block")
+    p.add_argument("--lr", type=POSITIVE, help="learning rate (default: sgd 0.01, adam 0.001)")
+    p.add_argument("--batch-size", type=COUNT, default=128)
+    p.add_argument("--depth", type=_int(1, 1000), default=4, help="mlp blocks before the head")
+    p.add_argument("--width", type=_int(1, 1_000_000), default=64, help="mlp units per block")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", help="sweep root (default: $ENGINE_SWEEP_OUT or ./out/sweep)")
 
@@ -122,15 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("toy", help="Gaussian feature-correlation model: Alice's weights and Bob's "
                        "accuracy vs alpha, analytic and simulated")
-    p.add_argument("--k", type=int, default=4, help="features per group (default 4)")
-    p.add_argument("--n", type=int, default=20000, help="samples per simulated set (default 20000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=_int(1, 4096), default=4, help="features per group (default 4)")
+    p.add_argument("--n", type=_int(2, 10**8), default=20000,
+                   help="samples per simulated set (default 20000)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--alphas", help="comma-separated, each in [-1, 1], written --alphas=-1,0,1 "
                    "(default: -1 to 1 in steps of 0.1)")
-    p.add_argument("--lam", type=float, default=1.0, help="Alice's ridge strength, > 0 (default 1)")
-    p.add_argument("--hidden", type=int, default=0, help="also simulate an MLP Alice of this width "
-                   "(default 0: none)")
-    p.add_argument("--length", type=float, help="S2 correlation length in features (default k)")
+    p.add_argument("--lam", type=POSITIVE, default=1.0, help="Alice's ridge strength, > 0 (default 1)")
+    p.add_argument("--hidden", type=_int(0, 65536), default=0,
+                   help="also simulate an MLP Alice of this width (default 0: none)")
+    p.add_argument("--length", type=POSITIVE, help="S2 correlation length in features (default k)")
     p.add_argument("--out", required=True, help="directory for toy.csv and the two figures")
 
     _add_analyze(sub)
@@ -155,35 +225,37 @@ def _add_analyze(sub) -> None:
         k.add_argument("--n-bob", help="only these n_bob values, comma-separated")
         k.add_argument("--mode", help="only these run modes (default: finetune; barrier and "
                        "criticality: finetune,scratch)")
-        k.add_argument("--max-samples", type=int, default=1000,
+        k.add_argument("--max-samples", type=_int(1, 10**7), default=1000,
                        help="samples per forward-pass analysis (default 1000)")
         if kind == "bound":
             k.add_argument("--bound-mode", default="learned-all",
                            choices=["fixed-all", "learned-A", "learned-all"])
-            k.add_argument("--steps", type=int, default=200, help="Adam steps for the transforms")
+            k.add_argument("--steps", type=_int(1, 10**6), default=200,
+                           help="Adam steps for the transforms")
         if kind == "barrier":
-            k.add_argument("--points", type=int, default=11, help="points on each line")
+            k.add_argument("--points", type=_int(2, 10_000), default=11, help="points on each line")
         if kind == "criticality":
             k.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="rewind fractions")
             k.add_argument("--sigmas", default="0,0.05,0.1,0.2", help="relative noise levels")
-            k.add_argument("--tolerance", type=float, default=0.05,
+            k.add_argument("--tolerance", type=_float(0, 1), default=0.05,
                            help="allowed training error above the trained network's")
         if kind == "attribution":
             k.add_argument("--method", default="integrated_gradients",
                            choices=["saliency", "grad_x_input", "integrated_gradients"])
         if kind == "select-source":
             k.add_argument("--target", help="target dataset dir (default: the first run's)")
-            k.add_argument("--n", type=int, help="target samples (default: smallest n_bob)")
-            k.add_argument("--epochs", type=int, default=10, help="scratch network's epochs")
+            k.add_argument("--n", type=COUNT, help="target samples (default: smallest n_bob)")
+            k.add_argument("--epochs", type=EPOCHS, default=10, help="scratch network's epochs")
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs_flag: str) -> None:
-    p.add_argument(epochs_flag, dest="epochs", type=int, default=10)
+    p.add_argument(epochs_flag, dest="epochs", type=EPOCHS, default=10)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=float, help="learning rate (default: sgd 0.01, adam 0.001)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--depth", type=int, help="blocks before the head (mlp, cnn; default 4)")
-    p.add_argument("--width", type=int, help="mlp units / cnn base channels (default 256 / 32)")
+    p.add_argument("--lr", type=POSITIVE, help="learning rate (default: sgd 0.01, adam 0.001)")
+    p.add_argument("--batch-size", type=_int(1, 1 << 24), default=128)
+    p.add_argument("--depth", type=_int(1, 1000), help="blocks before the head (mlp, cnn; default 4)")
+    p.add_argument("--width", type=_int(1, 1 << 16),
+                   help="mlp units / cnn base channels (default 256 / 32)")
 
 
 def _build_data(args) -> int:
@@ -213,30 +285,53 @@ def _pretrain(args) -> int:
     from engine.train.alice import pretrain
     from engine.data.manifest import read_manifest
     from engine.spec import AliceSpec
-    from engine.sweep.driver import parse_ints
+    from engine.sweep.parse import parse_ints
+    from engine.data.manifest import verify_dataset
+    from engine.locks import path_lock
     data = Path(args.data)
     spec = AliceSpec(dataset=read_manifest(data)["key"], arch=args.arch, optimizer=args.optimizer,
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                      depth=args.depth, width=args.width)
     save = parse_ints(args.save_epochs, "save-epochs") if args.save_epochs else []
-    print(pretrain(data, spec, paths.sweep_out(args.out), save, args.device,
-                   log=lambda m: print(m, file=sys.stderr)))
+    from engine.train.alice import _check_save_epochs
+    from engine.train.models import ARCHS
+    if args.arch not in ARCHS:
+        raise EngineError(f"--arch: unknown architecture {args.arch!r}; choose from: "
+                          f"{', '.join(ARCHS)}")
+    save = _check_save_epochs(save, args.epochs)
+    verify_dataset(data)  # digests and label ranges, before anything reads it for training
+    out = paths.sweep_out(args.out)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    alice_dir = paths.alice_dir(out, spec.id)
+    _mkdir(alice_dir.parent)
+    with path_lock(alice_dir, log=log):  # one trainer per Alice; a second waits, then reuses
+        print(pretrain(data, spec, out, save, args.device, log=log))
     return 0
 
 
+def _check_out(path) -> None:
+    """EngineError (before any work) when `path`, or a directory above it, is not a directory."""
+    if path is None:
+        return
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise EngineError(f"{parent} is a file where a directory is needed; pass another --out")
+
+
+def _mkdir(path: Path) -> None:
+    _check_out(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from engine.atomic import os_error
+        raise os_error(exc, "create", path) from None
+
+
 def _sweep(args) -> int:
-    from engine.sweep import driver as sweep
-    from engine.train.models import ARCHS
-    sweep.run_sweep(
-        args.pair, sweep.parse_betas(args.betas), sweep.parse_layers(args.layers),
-        sweep.parse_ints(args.seeds, "seeds"), sweep.parse_names(args.arch, "arch", tuple(ARCHS)),
-        sweep.parse_names(args.modes, "modes", ("finetune", "reinit")),
-        sweep.parse_baselines(args.baselines), sweep.parse_n_bobs(args.n_bob),
-        epochs=args.epochs, alice_epochs=args.alice_epochs, device=args.device, out=args.out,
-        n_train=args.n_train, n_test=args.n_test, data_root=args.data_root, dry_run=args.dry_run,
-        optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, depth=args.depth,
-        width=args.width, device_budget_gb=args.device_budget_gb,
-        block_shuffles=sweep.parse_block_shuffles(args.block_shuffle))
+    from engine.sweep.driver import run_sweep
+    from engine.sweep.parse import sweep_spec
+    run_sweep(sweep_spec(args), args.out, dry_run=args.dry_run, wait=not args.no_wait)
     return 0
 
 
@@ -251,7 +346,8 @@ def _results(args) -> int:
 def _manifold_sweep(args) -> int:
     from engine.studies.manifold_figures import format_best
     from engine.studies.manifold_sweep import parse_overlaps, run_manifold_sweep
-    from engine.sweep.driver import parse_ints
+    from engine.sweep.parse import parse_ints
+    _check_out(args.out)
     result = run_manifold_sweep(
         parse_overlaps(args.overlaps), parse_ints(args.n_target, "n-target", minimum=1),
         parse_ints(args.seeds, "seeds"), vary=args.vary, d_latent=args.d_latent,
@@ -275,6 +371,7 @@ def _report(args) -> int:
 
 def _toy(args) -> int:
     from engine.studies.toy import parse_alphas, run_toy
+    _check_out(args.out)
     print(run_toy(Path(args.out), k=args.k, n=args.n, seed=args.seed, alphas=parse_alphas(args.alphas),
                   lam=args.lam, hidden=args.hidden, length=args.length,
                   log=lambda m: print(m, file=sys.stderr)))
@@ -283,7 +380,7 @@ def _toy(args) -> int:
 
 def _analyze(args) -> int:
     from engine.analysis.analyze import Options, analyze
-    from engine.sweep.driver import parse_floats, parse_ints, parse_names
+    from engine.sweep.parse import parse_floats, parse_ints, parse_names
     from engine.spec import BASELINES, TRANSFER_MODES
     o = Options(max_samples=args.max_samples)
     if args.beta:
@@ -304,6 +401,13 @@ def _analyze(args) -> int:
         o.sigmas = tuple(parse_floats(args.sigmas, "sigmas"))
     if o.max_samples < 1:
         raise EngineError("--max-samples must be at least 1")
+    if hasattr(args, "alphas"):
+        if not all(math.isfinite(a) and 0 <= a <= 1 for a in o.alphas):
+            raise EngineError("--alphas must be numbers in [0, 1]")
+        if not all(math.isfinite(x) and x >= 0 for x in o.sigmas):
+            raise EngineError("--sigmas must be non-negative numbers")
+    if o.betas is not None and not all(math.isfinite(b) and 0 <= b <= 1 for b in o.betas):
+        raise EngineError("--beta must be numbers in [0, 1]")
     for path in analyze(args.kind, Path(args.dir), o, log=lambda m: print(m, file=sys.stderr)):
         print(path)
     return 0
@@ -314,16 +418,44 @@ COMMANDS = {"analyze": _analyze, "build-data": _build_data, "inspect": _inspect,
             "manifold-sweep": _manifold_sweep}
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_message(exc: OSError) -> str:
+    from engine.atomic import os_error
+    where = exc.filename if exc.filename is not None else "a file"
+    return str(os_error(exc, "use", where))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad flag (one line, status 2), --help or --version (0)
+        return exc.code if isinstance(exc.code, int) else 2
+    name = args.command + (f" {args.kind}" if getattr(args, "kind", None) else "")
     try:
         return COMMANDS[args.command](args)
     except EngineError as exc:
-        print(f"engine {args.command}: error: {exc}", file=sys.stderr)
+        print(f"engine {name}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"engine {args.command}: interrupted; completed work is kept", file=sys.stderr)
+        print(f"engine {name}: interrupted; completed work is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `engine results DIR | head`): nothing more to say to it.
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # the environment: a full disk, a read-only or wrong-type path, ...
+        print(f"engine {name}: error: {_one_line(_os_message(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("ENGINE_TRACEBACK"):
+            raise
+        print(f"engine {name}: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} "
+              "(set ENGINE_TRACEBACK=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

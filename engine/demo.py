@@ -16,7 +16,9 @@ from engine.errors import EngineError
 from engine.data.inspect import inspect
 from engine.sweep.report import write_report
 from engine.sweep.results import results_table
+from engine.spec import Training
 from engine.sweep.driver import run_sweep
+from engine.sweep.spec import SweepSpec
 
 
 def _log(message: str) -> None:
@@ -35,9 +37,11 @@ def demo(data_root=None, out: Path = Path("out/demo")) -> int:
     print()
 
     sweep = out / "sweep"
-    run_sweep(pair, betas=(0.0, 0.5, 1.0), layers="all", seeds=(0, 1), archs=("mlp",),
-              modes=("finetune", "reinit"), baselines=("scratch",), epochs=3, alice_epochs=5,
-              device="auto", out=sweep, n_train=6000, n_test=2000, data_root=data_root)
+    spec = SweepSpec(pair, betas=(0.0, 0.5, 1.0), layers="all", seeds=(0, 1), archs=("mlp",),
+                     modes=("finetune", "reinit"), baselines=("scratch",), bob=Training(epochs=3),
+                     alice=Training(epochs=5), n_train=6000, n_test=2000,
+                     data_root=None if data_root is None else str(data_root))
+    run_sweep(spec, sweep)
     print(results_table(sweep))
     for path in write_report(sweep):
         print(path)

@@ -8,13 +8,22 @@ This is the only module that knows the layout:
   are written as a new part. The leading `_` makes pyarrow (hence `pandas.read_parquet(dir)`)
   skip it; a name without it would be read as a broken Parquet file.
 Temporary files start with `.` (see engine.atomic), which pyarrow skips and `*.parquet` globs
-(DuckDB) do not match. One writer per store at a time; readers may open it with `read_only=True`.
+(DuckDB) do not match. One writer per store at a time (a sweep holds engine.locks.output_lock on its
+root); readers may open it with `read_only=True`.
+
+The run log is the source of truth. Every Parquet file has the XXH3-128 digest of its bytes beside
+it (`.<name>.xxh3`, written before the file is renamed into place), a digest of its rows (key-value
+metadata `engine.rows_digest`) and Parquet page checksums; on open each file is read whole and
+checked. A damaged or unreadable file is reported in one line and set
+aside as `.<name>.damaged-<time>` (read-only: skipped), and its rows come back from the run log, so
+readers and a resuming sweep keep working.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -25,7 +34,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.atomic import atomic_path
+import xxhash
+
+from engine.atomic import os_error
 from engine.errors import EngineError
 
 COLUMNS: dict[str, pa.DataType] = {
@@ -54,6 +65,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "wall_s": pa.float64(),
     "samples_per_s": pa.float64(),
     "device": pa.string(),
+    "executor": pa.string(),          # serial | batched | ... (engine.sweep.executors); "" = older
     "engine_version": pa.string(),
     "finished_at": pa.string(),       # ISO 8601, UTC
     "computed_by": pa.string(),       # "" = this run trained; else the run_id whose training
@@ -82,7 +94,7 @@ OPTIONAL = {
 
 # Columns added after stores were first written: their value in rows (log lines, parts, callers)
 # from before; a row may leave them out too.
-ADDED = {"block_shuffle": 0, "computed_by": ""}
+ADDED = {"block_shuffle": 0, "computed_by": "", "executor": ""}
 
 FLUSH_ROWS = 64        # rows buffered before a part is written
 FLUSH_SECONDS = 60.0   # seconds a row may wait in the buffer
@@ -129,34 +141,140 @@ def _convert(name: str, dtype: pa.DataType, value):
     return float(value)
 
 
-def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+DIGEST_KEY = b"engine.rows_digest"
+
+
+def rows_digest(table: pa.Table) -> str:
+    """XXH3-128 over the table's rows as JSON (column names and values, in order)."""
+    h = xxhash.xxh3_128()
+    h.update(json.dumps(table.schema.names).encode())
+    for row in table.to_pylist():
+        h.update(json.dumps(list(row.values()), separators=(",", ":"), default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class DamagedPart(Exception):
+    """A Parquet file of the store that cannot be read or whose rows do not match their digest."""
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.xxh3")
+
+
+def _write_verified(table: pa.Table, path: Path) -> None:
+    """`table` as Parquet at `path` (atomic, fsynced), its bytes' digest written beside it first."""
+    from engine.atomic import write_bytes
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, write_page_checksum=True)
+    data = sink.getvalue().to_pybytes()
+    write_bytes(_digest_path(path), (xxhash.xxh3_128_hexdigest(data) + "\n").encode())
+    write_bytes(path, data)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _digest_path(path).unlink(missing_ok=True)
+
+
+def _read_verified(path: Path) -> pa.Table:
+    """The whole file as written, checked against its digest, page checksums and rows digest."""
+    try:
+        recorded_bytes = _digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        recorded_bytes = None  # written by an older engine: the rows digest still checks it
+    except OSError as exc:
+        raise DamagedPart(f"its digest is unreadable: {exc.strerror or exc}") from None
+    if recorded_bytes is not None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DamagedPart(exc.strerror or str(exc)) from None
+        if xxhash.xxh3_128_hexdigest(data) != recorded_bytes:
+            raise DamagedPart("its bytes do not match the digest recorded when it was written")
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        recorded = (table.schema.metadata or {}).get(DIGEST_KEY)
+    except (OSError, pa.ArrowException, ValueError) as exc:  # ArrowInvalid, IOError, ...
+        raise DamagedPart(" ".join(str(exc).split())[:160] or type(exc).__name__) from None
+    if recorded is not None and rows_digest(table.replace_schema_metadata(None)) != recorded.decode():
+        raise DamagedPart("its rows do not match the digest recorded when it was written")
+    return table
+
+
+def _conform(path: Path, table: pa.Table, columns: list[str] | None = None) -> pa.Table:
     names = columns or list(COLUMNS)
-    present = set(pq.read_schema(path).names)
+    present = set(table.schema.names)
     missing = [n for n in names if n not in present and n not in ADDED]
     if missing:
         raise EngineError(f"{path} is not a results file of this engine version "
                           f"(missing column(s) {', '.join(missing)}); move it away")
-    table = pq.read_table(path, columns=[n for n in names if n in present])
+    table = table.replace_schema_metadata(None)
+    table = table.select([n for n in names if n in present])
     for n in names:
         if n not in present:
             table = table.append_column(n, pa.array([ADDED[n]] * len(table), COLUMNS[n]))
     return table.select(names).cast(pa.schema([(n, COLUMNS[n]) for n in names]))
 
 
+def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return _conform(path, _read_verified(path), columns)
+    except DamagedPart as exc:
+        raise EngineError(f"{path} is damaged ({exc}); open the store to rebuild it from "
+                          f"{LOG_NAME}") from None
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 class ResultsStore:
     """Append-only store of finished runs; see the module docstring for the layout."""
 
-    def __init__(self, out: Path, *, read_only: bool = False):
+    def __init__(self, out: Path, *, read_only: bool = False, log=_stderr):
         self.dir = Path(out) / "results"
         self.log = self.dir / LOG_NAME
         self.read_only = read_only
+        self._say = log or (lambda msg: None)
         self._buffer: list[dict] = []
         self._buffer_since = 0.0
         self._stored: set[str] = set()        # run_ids in Parquet files or in the buffer
         self._unflushed: list[dict] = []      # read-only: logged rows in no Parquet file
+        self._tables: dict[Path, pa.Table] = {}  # verified Parquet files, conformed to COLUMNS
+        self._damaged: set[Path] = set()      # read-only: damaged files skipped
+        if self.dir.exists() and not self.dir.is_dir():
+            raise EngineError(f"{self.dir} is a file, not the results directory; move it away")
         for part in self._parts():
-            self._stored.update(_read_part(part, ["run_id"]).column("run_id").to_pylist())
+            self._stored.update(self._table_of(part).column("run_id").to_pylist())
         self._recover()
+
+    def _table_of(self, part: Path) -> pa.Table:
+        """A Parquet file's rows, verified once per store object; a damaged one is reported, set
+        aside (read-only: skipped) and read as empty: its rows come back from the run log."""
+        if part not in self._tables:
+            try:
+                self._tables[part] = _conform(part, _read_verified(part))
+            except DamagedPart as exc:
+                self._set_aside(part, str(exc))
+                self._tables[part] = pa.Table.from_pylist([], schema=SCHEMA)
+        return self._tables[part]
+
+    def _set_aside(self, part: Path, reason: str) -> None:
+        if self.read_only:
+            self._damaged.add(part)
+            self._say(f"results: {part} is damaged ({reason}); its rows are read from {LOG_NAME} "
+                      "(run `engine sweep` or open the store for writing to rebuild it)")
+            return
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = part.with_name(f".{part.name}.damaged-{stamp}")
+        try:
+            os.replace(part, aside)
+            _digest_path(part).unlink(missing_ok=True)
+        except OSError as exc:
+            raise os_error(exc, "move aside the damaged results file", part) from None
+        self._say(f"results: {part.name} is damaged ({reason}); moved to {aside.name} and rebuilt "
+                  f"from {LOG_NAME}")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -165,14 +283,19 @@ class ResultsStore:
         if not self.dir.is_dir():
             return []
         compact = self.dir / COMPACT_NAME
-        return ([compact] if compact.is_file() else []) + sorted(self.dir.glob("part-*.parquet"))
+        found = ([compact] if compact.is_file() else []) + sorted(self.dir.glob("part-*.parquet"))
+        return [p for p in found if p not in self._damaged]
 
     def _log_rows(self) -> list[dict]:
         """Rows in the write-ahead log. A line cut short by a kill is skipped."""
         if not self.log.is_file():
             return []
         rows = []
-        for number, line in enumerate(self.log.read_text().splitlines(), 1):
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise os_error(exc, "read the run log", self.log) from None
+        for number, line in enumerate(text.splitlines(), 1):
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError:
@@ -194,10 +317,13 @@ class ResultsStore:
             self._stored = seen
             return
         if self.log.is_file() and self.log.stat().st_size:
-            with open(self.log, "rb+") as f:  # end a cut-short line so the next append is whole
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
+            try:
+                with open(self.log, "rb+") as f:  # end a cut-short line so the next append is whole
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+            except OSError as exc:
+                raise os_error(exc, "write the run log", self.log) from None
         if lost:
             self._write_part(lost)
             self._stored = seen
@@ -206,7 +332,7 @@ class ResultsStore:
         return set(self._stored)
 
     def _arrow(self) -> pa.Table:
-        tables = [_read_part(p) for p in self._parts()]
+        tables = [self._table_of(p) for p in self._parts()]
         rows = self._unflushed + self._buffer
         tables.append(pa.Table.from_pylist(rows, schema=SCHEMA))
         return pa.concat_tables(tables)
@@ -228,12 +354,15 @@ class ResultsStore:
         row = validate(row)
         if row["run_id"] in self._stored:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
         line = json.dumps(row, separators=(",", ":")) + "\n"
-        with open(self.log, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise os_error(exc, "record the run in", self.log) from None
         if not self._buffer:
             self._buffer_since = time.monotonic()
         self._buffer.append(row)
@@ -249,12 +378,13 @@ class ResultsStore:
         return path
 
     def _write_parquet(self, table: pa.Table, path: Path) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
+        table = table.replace_schema_metadata({DIGEST_KEY: rows_digest(table).encode()})
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_verified(table, path)
+        except OSError as exc:
+            raise os_error(exc, "write", path) from None
+        self._tables[path] = _conform(path, table)
 
     def flush(self) -> None:
         if not self._buffer:
@@ -287,7 +417,8 @@ class ResultsStore:
         self._write_parquet(merged.take(np.sort(first)), self.dir / COMPACT_NAME)
         for part in old:
             if part.name != COMPACT_NAME:
-                part.unlink()
+                _remove(part)
+                self._tables.pop(part, None)
 
 
 # Analysis tables ---------------------------------------------------------------------------------
@@ -307,22 +438,36 @@ def write_analysis(out, kind: str, rows: list[dict]) -> Path:
     if not rows:
         raise ValueError("write_analysis needs at least one row")
     directory = _analysis_dir(out, kind)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, "create", directory) from None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     path = directory / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
     table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           DIGEST_KEY: rows_digest(table).encode()})
+    try:
+        _write_verified(table, path)
+    except OSError as exc:
+        raise os_error(exc, "write", path) from None
     return path
 
 
-def read_analysis(out, kind: str) -> pd.DataFrame:
-    """Every row written for `kind`, parts oldest first; an empty frame when there are none."""
+def read_analysis(out, kind: str, log=_stderr) -> pd.DataFrame:
+    """Every row written for `kind`, parts oldest first; an empty frame when there are none. A
+    damaged part is reported in one line and skipped (re-run the analysis to recompute it)."""
     directory = _analysis_dir(out, kind)
     parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
-    if not parts:
+    frames = []
+    for p in parts:
+        try:
+            table = _read_verified(p)
+        except DamagedPart as exc:
+            if log:
+                log(f"analysis: {p} is damaged ({exc}); skipped (re-run `engine analyze {kind}`)")
+            continue
+        frames.append(table.replace_schema_metadata(None).to_pandas())
+    if not frames:
         return pd.DataFrame()
-    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)

@@ -31,12 +31,30 @@ def check_block(height: int, width: int, block) -> int:
     return int(block)
 
 
-def block_permutation(height: int, width: int, block: int, seed: int) -> np.ndarray:
-    """The fixed permutation (int64 [(H/B) * (W/B)]) of the blocks, drawn from
-    `np.random.default_rng(seed)`."""
+def block_permutation_draws(height: int, width: int, block: int, seed: int) -> tuple[np.ndarray, int]:
+    """(permutation, draws): the fixed permutation (int64 [(H/B) * (W/B)]) of the blocks, drawn
+    from `np.random.default_rng(seed)`, and how many draws it took. A draw that leaves every block
+    in place (likely for few blocks: 1 in 2 for two) would silently shuffle nothing, so it is
+    redrawn from the same generator until one moves a block: deterministic per seed, and any
+    non-identity first draw is kept as it was. ValueError for a grid of one block."""
     block = check_block(height, width, block)
     n_blocks = (height // block) * (width // block)
-    return np.random.default_rng(seed).permutation(n_blocks).astype(np.int64)
+    if n_blocks < 2:
+        smaller = [b for b in valid_blocks(height, width) if (height // b) * (width // b) >= 2]
+        raise ValueError(f"block size {block} makes one block of the {height}x{width} image: "
+                         f"nothing to shuffle; choose a smaller block size: "
+                         f"{', '.join(map(str, smaller))}")
+    rng = np.random.default_rng(seed)
+    identity = np.arange(n_blocks)
+    perm, draws = rng.permutation(n_blocks), 1
+    while np.array_equal(perm, identity):
+        perm, draws = rng.permutation(n_blocks), draws + 1
+    return perm.astype(np.int64), draws
+
+
+def block_permutation(height: int, width: int, block: int, seed: int) -> np.ndarray:
+    """The permutation of `block_permutation_draws`, never the identity."""
+    return block_permutation_draws(height, width, block, seed)[0]
 
 
 def block_index(shape: tuple[int, int, int], block: int, perm: np.ndarray) -> np.ndarray:

@@ -219,3 +219,33 @@ def test_attribution_input_errors(data):
         attribution_mass(model, data, {"left": [0, 28], "right": [28, 64]})
     assert half_columns({"left": [0, 28], "right": (28, 56)}) == {"left": (0, 28),
                                                                   "right": (28, 56)}
+
+
+# --- end points that alias the model (issue 12) -------------------------------------------------
+
+def test_live_state_dict_end_points_are_not_overwritten(data):
+    """`model.state_dict()` shares storage with the model; `interpolate` loads every point into
+    that model. The end points must still be the two networks: t = 0 gives the initial network's
+    accuracy and t = 1 the trained one's, and the live state is left as it was."""
+    model, init, final = trained_mlp(data, seed=1)
+    acc_final = evaluate(model, data, "alice_label")[0]
+    model.load_state_dict(init)
+    acc_init = evaluate(model, data, "alice_label")[0]
+    model.load_state_dict(final)
+    c = interpolate(model, init, model.state_dict(), data, "alice_label", k=5)  # live end point
+    assert c["acc"][0] == acc_init and c["acc"][-1] == acc_final and acc_final > acc_init
+    assert same(model.state_dict(), final)
+    c = interpolate(model, model.state_dict(), init, data, "alice_label", k=5)
+    assert c["acc"][0] == acc_final and c["acc"][-1] == acc_init
+
+
+def test_criticality_with_live_final_state_rewinds_nothing_at_zero(data):
+    """alpha = 0, sigma = 0 is the trained network itself, for every layer, even when the final
+    state passed is the model's live `state_dict()`."""
+    model, init, final = trained_mlp(data, seed=2)
+    error = 1 - evaluate(model, data, "alice_label")[0]
+    c = module_criticality(model, init, model.state_dict(), data, "alice_label", [0.0, 1.0],
+                           [0.0, 0.1], threshold=0.5, n_noise=1)
+    assert np.allclose(c["error"][:, 0, 0], error)
+    assert (c["error"][:, 1, 0] > error).any()  # rewinding a layer fully costs something
+    assert same(model.state_dict(), final)

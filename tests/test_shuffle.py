@@ -16,7 +16,8 @@ import engine
 from engine.data import beton
 from engine.cli import main
 from engine.errors import EngineError
-from engine.kernels.shuffle import (block_index, block_permutation, shuffle_blocks,
+from engine.kernels.shuffle import (block_index, block_permutation, block_permutation_draws,
+                                    shuffle_blocks,
                                     shuffle_blocks_numpy, shuffle_page, unshuffle, valid_blocks)
 from engine.store import COLUMNS, SCHEMA, ResultsStore
 
@@ -35,6 +36,8 @@ def _images(shape, n=7, seed=0):
 def test_kernels_match_numpy_twin_and_invert(shape):
     x = _images(shape)
     for block in valid_blocks(shape[0], shape[1]):
+        if (shape[0] // block) * (shape[1] // block) < 2:
+            continue  # one block: nothing to shuffle (refused by block_permutation)
         perm = block_permutation(shape[0], shape[1], block, seed=5)
         got = shuffle_blocks(x, block, perm)
         np.testing.assert_array_equal(got, shuffle_blocks_numpy(x, block, perm))
@@ -61,9 +64,17 @@ def test_blocks_move_whole():
 
 def test_identity_cases_and_permutation_draws():
     x = _images((8, 8, 3))
-    perm = block_permutation(8, 8, 8, seed=3)
-    assert perm.tolist() == [0]  # one block: nothing to shuffle
-    np.testing.assert_array_equal(shuffle_blocks(x, 8, perm), x)
+    with pytest.raises(ValueError, match="one block"):  # nothing to shuffle: refused
+        block_permutation(8, 8, 8, seed=3)
+    np.testing.assert_array_equal(shuffle_blocks(x, 8, np.arange(1)), x)
+    # two blocks: seed 0's first draw is the identity; it is redrawn into the swap
+    assert np.random.default_rng(0).permutation(2).tolist() == [0, 1]
+    assert block_permutation(28, 56, 28, seed=0).tolist() == [1, 0]
+    for seed in range(20):  # never the identity, and a first draw that moves blocks is kept
+        perm, draws = block_permutation_draws(28, 56, 28, seed)
+        assert perm.tolist() == [1, 0]
+        first = np.random.default_rng(seed).permutation(2).tolist()
+        assert (draws == 1) == (first == [1, 0])
     np.testing.assert_array_equal(shuffle_blocks(x, 2, np.arange(16)), x)
     pixel = block_permutation(28, 56, 1, seed=0)
     assert sorted(pixel) == list(range(28 * 56))
@@ -224,7 +235,7 @@ def test_sweep_over_block_sizes(npz_pair, tmp_path, capsys):
 
 
 def test_parse_block_shuffles():
-    from engine.sweep.driver import parse_block_shuffles
+    from engine.sweep.parse import parse_block_shuffles
     assert parse_block_shuffles("1,2,4,7,14,28,none") == [1, 2, 4, 7, 14, 28, None]
     assert parse_block_shuffles("none,NONE,4,4") == [None, 4]
     for bad in ("0", "x", "2,,4", "-1"):

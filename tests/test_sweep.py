@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -185,9 +186,7 @@ def test_bad_flags_one_line(flags, tmp_path, capsys):
 
 
 def test_argparse_errors_one_line(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["sweep", "--pair", "mnist:svhn", "--betas", "0", "--epochs", "abc"])
-    assert exc.value.code == 2
+    assert main(["sweep", "--pair", "mnist:svhn", "--betas", "0", "--epochs", "abc"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
@@ -228,7 +227,7 @@ def stored(out):
 
 
 def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monkeypatch, capsys):
-    import engine.sweep.driver as sweep
+    import engine.sweep.executors as sweep
     out = tmp_path / "sweep"
     real_fit, calls = sweep.fit, []
 
@@ -239,14 +238,17 @@ def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monke
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(sweep, "fit", flaky_fit)
-    assert main(sweep_argv(tiny_pair, out)) == 130
-    assert len(stored(out)) == 4
+    serial = ("--executor", "serial")
+    assert main(sweep_argv(tiny_pair, out, *serial)) == 130
+    # Four trainings finished: l = 1 finetune, l = 1 reinit (and scratch, which copies it),
+    # l = 2 finetune, l = 2 reinit.
+    assert len(stored(out)) == 5
     resumed = []
     monkeypatch.setattr(sweep, "fit", lambda *a, **k: resumed.append(1) or real_fit(*a, **k))
     capsys.readouterr()
-    assert main(sweep_argv(tiny_pair, out)) == 0
+    assert main(sweep_argv(tiny_pair, out, *serial)) == 0
     err = capsys.readouterr().err
-    assert "18 runs: 4 already done, 14 to run" in err and "reusing Alice" in err
+    assert "18 runs: 5 already done, 13 to run" in err and "reusing Alice" in err
     df = stored(out)
     datasets = sorted(df["dataset"].unique())
     keys = {float(b): d for b, d in zip(sorted(df["beta"].unique()), datasets)}
@@ -257,11 +259,11 @@ def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monke
     assert (df["n_bob"] == 512).all() and (df["chance"] == 0.1).all() and (df["n_layers"] == 3).all()
     assert df.loc[df["alice_id"] == "", "alice_test_acc"].isna().all()
     assert df.loc[df["alice_id"] != "", "alice_test_acc"].between(0, 1).all()
-    assert main(sweep_argv(tiny_pair, out)) == 0  # nothing left: no new rows
+    assert main(sweep_argv(tiny_pair, out, *serial)) == 0  # nothing left: no new rows
     assert len(stored(out)) == 18
 
     # Per beta, reinit at l = 1 and scratch, and finetune and reinit at l = L, trained once, also
-    # across the resume (beta 0's reinit at l = 1 was stored before the interruption).
+    # across the resume (beta 0's reinit at l = 1 and its scratch copy were stored before).
     assert len(resumed) == 2 * 7 - 4  # 9 runs per beta, 7 trained; 4 stored before the kill
     reused = df[df["computed_by"] != ""]
     assert sorted(zip(reused["mode"], reused["retrain_from"])) == [("reinit", 3)] * 2 + \
@@ -273,7 +275,7 @@ def test_interrupted_sweep_resumes_without_duplicates(tiny_pair, tmp_path, monke
     # A scratch run trained by itself gives the metrics its reused row recorded.
     alone = tmp_path / "alone"
     assert main(sweep_argv(tiny_pair, alone, "--modes", "finetune", "--layers", "1",
-                           "--baselines", "scratch")) == 0
+                           "--baselines", "scratch", *serial)) == 0
     trained = stored(alone).set_index("run_id")
     for run_id, row in reused[reused["mode"] == "scratch"].set_index("run_id").iterrows():
         assert trained.loc[run_id, "computed_by"] == ""
@@ -333,3 +335,44 @@ def test_end_to_end_mnist_fashion_transfer_grows_with_beta(tmp_path, capsys):
     capsys.readouterr()
     assert main(["results", str(out)]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_sweep_without_pair_sweeps_the_built_datasets(tiny_pair, tmp_path, monkeypatch, capsys):
+    """`engine build-data ...` then `engine sweep --layers all`, as the project's usage line."""
+    built = tmp_path / "built"
+    monkeypatch.setenv("ENGINE_OUT", str(built))
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--layers", "3", "--arch", "mlp", "--depth", "2", "--width", "16",
+            "--epochs", "1", "--alice-epochs", "1", "--modes", "finetune", "--baselines", "none",
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "engine build-data" in err and "no built datasets" in err
+    for beta in ("0", "0.5"):
+        assert main(["build-data", "--pair", tiny_pair, "--beta", beta, "--n-train", "512",
+                     "--n-test", "256"]) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"sweeping the datasets built under {built}" in err and "at beta 0, 0.5" in err
+    df = stored(out)
+    assert sorted(df["beta"]) == [0.0, 0.5] and set(df["dataset"]) == {d.name for d in built.iterdir() if d.is_dir()}
+    assert not (out / "datasets").exists()  # reused where build-data wrote them
+    spec = json.loads((out / "sweep.json").read_text())
+    assert spec["betas"] == [0.0, 0.5] and spec["n_train"] == 512
+
+
+def test_batched_executor_records_what_the_serial_one_does(tiny_pair, tmp_path):
+    """Same run IDs, same metrics within floating-point reassociation (one test sample of 256),
+    copies and `computed_by` alike; the rows name their executor."""
+    frames = {}
+    for executor in ("serial", "batched"):
+        out = tmp_path / executor
+        assert main(sweep_argv(tiny_pair, out, "--seeds", "0,1", "--executor", executor)) == 0
+        frames[executor] = stored(out).set_index("run_id").sort_index()
+    serial, batched = frames["serial"], frames["batched"]
+    assert list(serial.index) == list(batched.index) and len(serial) == 36
+    assert (serial["executor"] == "serial").all() and (batched["executor"] == "batched").all()
+    assert (serial["computed_by"] == batched["computed_by"]).all()
+    assert np.allclose(serial["test_acc"], batched["test_acc"], atol=1 / 256 + 1e-9)
+    assert np.allclose(serial["train_loss"], batched["train_loss"], rtol=1e-3, atol=1e-4)

@@ -156,10 +156,10 @@ def test_cli_mlp_rows_have_no_closed_form(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--alphas=0,1.5"], "alpha=1.5 is outside"),
-    (["--k", "0"], "k must be"),
+    (["--k", "0"], "argument --k: '0' must be a positive integer"),
     (["--alphas=a,b"], "--alphas must be"),
-    (["--lam", "-1"], "lam must be"),
-    (["--length", "0"], "length must be"),
+    (["--lam", "-1"], "argument --lam: '-1' must be a finite number > 0"),
+    (["--length", "0"], "argument --length: '0' must be a finite number > 0"),
     (["--n", "5"], "n must be"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
@@ -172,4 +172,4 @@ def test_cli_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert main(["toy", "--alphas=0", "--n", "50", "--out", str(blocker / "sub")]) == 2
-    assert "cannot create output directory" in capsys.readouterr().err
+    assert "is a file where a directory is needed" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import pandas as pd
 from engine import paths
 from engine.analysis import artifacts as art
 from engine.analysis import figures
+from engine.analysis.landscape import snapshot
 from engine.errors import EngineError
 from engine.store import write_analysis
 
@@ -141,11 +142,14 @@ def barrier(out: Path, o: Options, log: LOG) -> list[Path]:
         spec = art.run_spec(r)
         bob, _ = art.bob_model(out, spec=spec, log=log)
         other, _ = art.bob_model(out, spec=dataclasses.replace(spec, seed=spec.seed + 1), log=log)
+        # End points are copies: `bob.state_dict()` shares storage with `bob`, into which
+        # `interpolate` loads every point of the path.
+        trained = snapshot(bob.state_dict())
         if r["mode"] == "finetune":
             rows += _line(out, r, "Alice -> Bob", bob, art.bob_initial_state(out, spec, bob),
-                          bob.state_dict(), o)
+                          trained, o)
         rows += _line(out, r, f"{r['mode']} seed {spec.seed} <-> {spec.seed + 1}", bob,
-                      bob.state_dict(), other.state_dict(), o)
+                      trained, snapshot(other.state_dict()), o)
     return _finish(out, "barrier", rows, figures.barrier)
 
 
@@ -159,7 +163,8 @@ def criticality(out: Path, o: Options, log: LOG) -> list[Path]:
         bob, _ = art.bob_model(out, spec=spec, log=log)
         train = art.first(art.dataset(out, r["dataset"])[0], o.max_samples)
         threshold = min(1.0, 1 - evaluate(bob, train, "bob_label")[0] + o.tolerance)
-        c = module_criticality(bob, art.bob_initial_state(out, spec, bob), bob.state_dict(), train,
+        c = module_criticality(bob, art.bob_initial_state(out, spec, bob),
+                               snapshot(bob.state_dict()), train,
                                "bob_label", o.alphas, o.sigmas, threshold, n_noise=2,
                                seed=spec.seed)
         for i, layer in enumerate(c["layers"]):

@@ -8,7 +8,10 @@ saves it there. The same works for a spec that was never run (`spec=`), e.g. a s
 
 Activations are cached per model, data and layer as `<out>/analysis/cache/<model-id>-<split>-l<k>.npy`
 (`<split>` also names the dataset and sample count, hashed, so another subset is another file);
-one forward pass fills every layer's file, written atomically.
+one forward pass fills every layer's file, written atomically, each with its digest beside it
+(`<name>.npy.xxh3`, engine.data.digest). A cached file whose digest is missing or does not match is
+recomputed (with a one-line notice), never used. Datasets are verified (engine.data.manifest.
+verify_dataset) before they are loaded, and checkpoints on every load.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from engine.atomic import atomic_path
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
 from engine.train.freeze import frozen_prefix, prepare_bob
-from engine.data.manifest import read_manifest
+from engine.data import digest as dig
+from engine.data.manifest import verify_dataset
 from engine.train.models import LayeredNet, build_model
 from engine.spec import BobSpec, n_layers
 from engine.store import ResultsStore
@@ -80,7 +84,7 @@ def dataset(out: Path, key: str) -> tuple[DeviceData, DeviceData, dict]:
     """(train, test, manifest) of the sweep's dataset `key`, loaded once per process on the CPU."""
     d = paths.dataset_dir(paths.sweep_datasets(Path(out)), key)
     if d not in _DATA:
-        manifest = read_manifest(d)
+        manifest = verify_dataset(d)
         _DATA[d] = (*load_data(d, DEVICE), manifest)
     return _DATA[d]
 
@@ -142,9 +146,13 @@ def bob_model(out: Path, run_id: str | None = None, *, spec: BobSpec | None = No
     spec = spec if spec is not None else stored_spec(out, run_id)
     path = paths.bob_checkpoint(out, spec.run_id)
     if path.is_file():
-        model, _, metrics = _model_from(path)
-        return model, metrics
-    from engine.sweep.driver import run_bob  # the sweep's code path; imported late (sweep imports a lot)
+        try:
+            model, _, metrics = _model_from(path)
+            return model, metrics
+        except EngineError as exc:  # re-created below, as when it is absent
+            (log or (lambda m: print(m, file=__import__("sys").stderr)))(
+                f"notice: {str(exc).split('; delete it')[0]}; re-creating it")
+    from engine.sweep.executors import run_bob  # the sweep's code path; imported late (sweep imports a lot)
     if log:
         log(f"re-creating Bob {spec.run_id} ({spec.mode}, l={spec.retrain_from}, seed={spec.seed})")
     train, test, manifest = dataset(out, spec.dataset)
@@ -191,8 +199,9 @@ def features(out: Path, model_id: str, model: LayeredNet, data: DeviceData, spli
     tag = hashlib.sha1(f"{data_key}|{n}".encode()).hexdigest()[:8]
     name = lambda k: paths.feature_cache(Path(out), f"{model_id}-{split}.{tag}-l{k}")  # noqa: E731
     path = name(layer)
-    if path.is_file():
-        return np.load(path)
+    cached = load_cached(path)
+    if cached is not None:
+        return cached
     model.eval()
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(model.n_layers + 1)]
     with torch.no_grad():
@@ -204,10 +213,41 @@ def features(out: Path, model_id: str, model: LayeredNet, data: DeviceData, spli
                 per_layer[k].append(_flat(h, pool).cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
     for k, chunks in enumerate(per_layer):
-        with atomic_path(name(k)) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, torch.cat(chunks).numpy())
-    return np.load(path)
+        save_cached(name(k), torch.cat(chunks).numpy())
+    return load_cached(path)
+
+
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".xxh3")
+
+
+def save_cached(path: Path, array: np.ndarray) -> None:
+    """Write `array` to `path` (.npy) and then its digest beside it, each atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    digest = dig.file_digest(path)
+    with atomic_path(_digest_file(path)) as tmp:
+        Path(tmp).write_text(digest + "\n")
+
+
+def load_cached(path: Path, log: Callable[[str], None] | None = None) -> np.ndarray | None:
+    """The cached array at `path` if it matches its recorded digest; otherwise None (the caller
+    recomputes it), with a notice when the file exists but cannot be trusted."""
+    if not path.is_file():
+        return None
+    say = log or (lambda m: print(m, file=__import__("sys").stderr))
+    try:
+        recorded = _digest_file(path).read_text().strip()
+        if dig.matches(path, digest=recorded):
+            return np.load(path, allow_pickle=False)
+        reason = "does not match its digest"
+    except FileNotFoundError:
+        reason = "has no digest"
+    except (OSError, ValueError) as exc:
+        reason = f"is unreadable ({exc})"
+    say(f"notice: cached activations {path} {reason}; recomputing them")
+    return None
 
 
 def labels(data: DeviceData, label: str, n: int | None = None) -> np.ndarray:

@@ -6,7 +6,9 @@ measure from N. Chatterji, B. Neyshabur, H. Sedghi, "The intriguing role of modu
 the generalization of deep networks" (ICLR 2020), eq. 2.
 
 Layers are the `LayeredNet` blocks, reported 1..L as in `engine.train.freeze`. States are whole
-`model.state_dict()`s (e.g. from `checkpoint.load_checkpoint`); every function restores the model's
+`model.state_dict()`s (e.g. from `checkpoint.load_checkpoint`); every function copies the states it
+is given before loading anything into the model (a `model.state_dict()` shares storage with the
+model, so without the copy the first load would overwrite that end point), and restores the model's
 own state before returning. Evaluation is `train.evaluate` (eval mode: BatchNorm uses its running
 statistics).
 """
@@ -21,6 +23,11 @@ from torch import Tensor
 from engine.errors import EngineError
 from engine.train.models import LayeredNet
 from engine.train.trainer import DeviceData, evaluate
+
+
+def snapshot(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A copy of `state` that shares no storage with any model (safe to use as an end point)."""
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _blend(a: Tensor, b: Tensor, t: float) -> Tensor:
@@ -63,7 +70,8 @@ def interpolate(model: LayeredNet, state_a: dict[str, Tensor], state_b: dict[str
     """
     if k < 2:
         raise EngineError(f"k must be at least 2 (the two end points), got {k}")
-    saved = {n: v.detach().clone() for n, v in model.state_dict().items()}
+    saved = snapshot(model.state_dict())
+    state_a, state_b = snapshot(state_a), snapshot(state_b)
     ts = np.linspace(0.0, 1.0, k)
     acc, loss = np.empty(k), np.empty(k)
     try:
@@ -129,7 +137,8 @@ def module_criticality(model: LayeredNet, state_init: dict[str, Tensor],
     error = np.zeros((n_layers, len(alphas), len(sigmas)))
     distance, noise_std = np.zeros(n_layers), np.zeros((n_layers, len(sigmas)))
     gen = torch.Generator().manual_seed(int(seed))  # noise drawn on the CPU: same on every device
-    saved = {n: v.detach().clone() for n, v in model.state_dict().items()}
+    saved = snapshot(model.state_dict())
+    state_init, state_final = snapshot(state_init), snapshot(state_final)
     try:
         model.load_state_dict(state_final)
         for i, layer in enumerate(model.layers):

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.data import digest as dig
 from engine.errors import EngineError
 from engine.kernels import beton as kern
 
@@ -141,13 +142,20 @@ def write(path: Path, fields: dict[str, Field], scalars: dict[str, np.ndarray], 
     for name, f in fields.items():
         meta[name] = ptrs if f.kind == NDARRAY else scalars[name]
 
+    head = header.tobytes() + descs.tobytes() + meta.tobytes()
+    # The digest (engine.data.digest) in pieces of page_size bytes: the head up to the first page
+    # (the gap reads as zeros), each page as its worker wrote it, then the allocation table.
+    head_digests = dig.padded_digests(head, data_start if n_pages else len(head), page_size)
+    page_digests: list[bytes] = [b""] * n_pages
+    table_digests: list[bytes] = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _pwrite(fd, header.tobytes() + descs.tobytes() + meta.tobytes(), 0)
+        _pwrite(fd, head, 0)
         if n_pages:
             # Pages are independent: each worker fills whole pages in its own buffer (the kernels
-            # release the GIL) and writes them at their offsets. The gap before the first page is
-            # left as a hole, which reads as the zeros FFCV writes there.
+            # release the GIL), hashes them while they are in its cache, and writes them at their
+            # offsets. The gap before the first page is left as a hole, which reads as the zeros
+            # FFCV writes there.
             local = threading.local()
 
             def write_page(page: int) -> None:
@@ -158,17 +166,47 @@ def write(path: Path, fields: dict[str, Field], scalars: dict[str, np.ndarray], 
                 count = min(per_page, n - first)
                 fill(buf, first, count)
                 buf[count * sample_bytes:per_page * sample_bytes] = 0
+                page_digests[page] = dig.chunk_digest(buf)
                 _pwrite(fd, buf, data_start + page * page_size)
 
-            with ThreadPoolExecutor(workers or default_workers()) as pool:
-                list(pool.map(write_page, range(n_pages)))
+            list(_pool(workers or default_workers()).map(write_page, range(n_pages)))
             table = np.empty(n, ALLOC)
             table["sample_id"], table["ptr"], table["size"] = ids, ptrs, sample_bytes
-            _pwrite(fd, table.tobytes(), table_ptr)
+            raw = table.view(np.uint8)
+            _pwrite(fd, raw, table_ptr)
+            table_digests = dig.buffer_digests(raw, page_size)
     finally:
         os.close(fd)
+    nbytes = table_ptr + (n * ALLOC.itemsize if n_pages else 0)
     return {"page_size": page_size, "samples_per_page": per_page, "pages": n_pages,
-            "bytes": table_ptr + (n * ALLOC.itemsize if n_pages else 0)}
+            "bytes": nbytes,
+            "digest": dig.combine(nbytes, head_digests + page_digests + table_digests, page_size)}
+
+
+def estimate_bytes(sample_bytes: int, n_fields: int, num_samples: int,
+                   page_size: int = DEFAULT_PAGE_SIZE) -> int:
+    """The size of the `.beton` `write` makes for `num_samples` samples of one array field of
+    `sample_bytes` bytes plus `n_fields - 1` scalar fields (no allocation; for resource checks)."""
+    n = int(num_samples)
+    meta_end = HEADER.itemsize + FIELD_DESC.itemsize * n_fields + n * 8 * n_fields
+    if not sample_bytes or not n:
+        return meta_end
+    per_page = page_size // sample_bytes
+    n_pages = -(-n // per_page)
+    return _align(meta_end, page_size) + n_pages * page_size + n * ALLOC.itemsize
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool per worker count, kept for the process (starting threads for every split
+    costs more than some splits take to write)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="beton-writer")
+        return _POOLS[workers]
 
 
 def default_workers() -> int:

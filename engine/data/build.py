@@ -1,8 +1,12 @@
 """`engine build-data`: correlated, side-by-side image datasets written straight into `.beton` files.
 
 Order of work: validate the request, load (cached) sources, resolve the spec, reuse a complete
-dataset with the same spec, otherwise pair, compose and write each split to a temporary name,
-rename into place, and write the manifest last (its presence marks the dataset complete).
+dataset with the same spec whose files match the digests in its manifest (a damaged one gets a
+one-line notice and is rebuilt), otherwise check that disk and memory can hold the build, take the
+dataset's lock (engine.locks.path_lock: a concurrent build of the same spec waits, then reuses),
+pair, compose and write each split to a temporary name (each page hashed by the worker that wrote
+it, engine.data.digest), rename into place, and write the manifest last (its presence marks the
+dataset complete). Temporary files of dead processes are removed.
 """
 from __future__ import annotations
 
@@ -16,13 +20,15 @@ import numpy as np
 from engine import __version__, paths
 from engine.data import beton
 from engine import datasets as sources
-from engine.atomic import staged, writable_dir, write_json
-from engine.data.checksums import sha256_file, source_checksums
+from engine.atomic import os_error, remove_stale_temps, staged, writable_dir, write_json
+from engine.data.checksums import source_checksums
+from engine.data.resources import dataset_estimate, require
 from engine.errors import EngineError
 from engine.kernels.compose import Layout, fill_composed, plan_layout
 from engine.kernels.pairing import class_index, draw_pairing, pair
-from engine.kernels.shuffle import block_index, block_permutation, shuffle_page
-from engine.data.manifest import is_complete, read_manifest
+from engine.kernels.shuffle import block_index, block_permutation_draws, shuffle_page
+from engine.data.manifest import is_complete, read_manifest, verify_dataset
+from engine.locks import path_lock
 from engine.spec import DataSpec
 from engine.data.stats import label_stats
 
@@ -68,7 +74,11 @@ def _check_beta(beta) -> float:
 def _check_count(name: str, value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise EngineError(f"--{name} must be a positive integer, got {value!r}")
     return int(value)
 
@@ -83,11 +93,17 @@ def _check_block_shuffle(value) -> int | None:
 
 def shuffle_permutation(layout: Layout, block: int | None, seed: int) -> np.ndarray | None:
     """The fixed permutation of the composed image's blocks (seeded by the dataset seed), or None
-    when unshuffled. EngineError when the block size does not divide the composed image."""
+    when unshuffled; never the identity (engine.kernels.shuffle.block_permutation_draws).
+    EngineError when the block size does not divide the composed image or makes one block."""
+    return shuffle_draw(layout, block, seed)[0]
+
+
+def shuffle_draw(layout: Layout, block: int | None, seed: int) -> tuple[np.ndarray | None, int]:
+    """(permutation or None, draws it took); see `shuffle_permutation`."""
     if block is None:
-        return None
+        return None, 0
     try:
-        return block_permutation(layout.height, layout.width, block, seed)
+        return block_permutation_draws(layout.height, layout.width, block, seed)
     except ValueError as exc:
         raise EngineError(f"--block-shuffle: {exc}") from None
 
@@ -107,6 +123,19 @@ def check_block_shuffles(pair: str, blocks, *, data_root=None, fit: str = "pad",
         shuffle_permutation(layout, b, 0)
 
 
+def image_shape(pair: str, *, data_root=None, fit: str = "pad", image_size: int = 32,
+                n_train: int | None = None, n_test: int | None = None
+                ) -> tuple[tuple[int, int, int], int, int]:
+    """((H, W, C) of a composed image, n_train, n_test) that `build_data` would give `pair`,
+    from the (cached) sources' shapes and sizes only: lets a sweep size its work first."""
+    root = paths.data_root(data_root)
+    left, right = (_canonical_source(s) for s in parse_pair(pair))
+    lt, rt = (sources.load(s, "train", root=root, image_size=image_size) for s in (left, right))
+    n_test = n_test or len(sources.load(left, "test", root=root, image_size=image_size).labels)
+    layout = plan_layout(lt.images.shape[1:], rt.images.shape[1:], fit)
+    return layout.shape, n_train or len(lt.labels), n_test
+
+
 def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
                n_test: int | None = None, data_root=None, out=None, force: bool = False,
                fit: str = "pad", image_size: int = 32, block_shuffle: int | None = None,
@@ -121,8 +150,9 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
     block_shuffle = _check_block_shuffle(block_shuffle)
     if fit not in ("pad", "resize"):
         raise EngineError(f"--fit must be 'pad' or 'resize', got {fit!r}")
-    if int(seed) != seed or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise EngineError(f"--seed must be a non-negative integer, got {seed!r}")
+    image_size = _check_count("image-size", image_size)
     root = paths.data_root(data_root)
 
     splits = {(side, split): sources.load(src, split, root=root, image_size=image_size)
@@ -132,11 +162,13 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
                     n_test=n_test or len(splits["left", "test"].labels),
                     fit=fit, image_size=int(image_size), block_shuffle=block_shuffle)
     target = paths.dataset_dir(paths.datasets_out(out), spec.key)
-    if not force and is_complete(target, spec):
-        log(f"reusing {target} (same spec; --force rebuilds)")
-        return target
     layout = plan_layout(splits["left", "train"].images.shape[1:],
                          splits["right", "train"].images.shape[1:], fit)
+    perm, draws = shuffle_draw(layout, spec.block_shuffle, spec.seed)
+    if not force and _reusable(target, spec, perm) is True:
+        log(f"reusing {target} (same spec, contents verified; --force rebuilds)")
+        remove_stale_temps(target)  # e.g. a killed --force rebuild's
+        return target
     for split in SPLITS:
         for side in ("left", "right"):
             shape = splits[side, split].images.shape[1:]
@@ -148,9 +180,54 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
         if empty.size:
             raise EngineError(f"{right} {split} split has no images of class(es) "
                               f"{empty.tolist()}; Bob's classes all need images")
-    perm = shuffle_permutation(layout, spec.block_shuffle, spec.seed)
+    if target.parent.exists() and not target.parent.is_dir():
+        raise EngineError(f"{target.parent} is a file, not a directory; pass a directory as --out")
+    if target.exists() and not target.is_dir():
+        raise EngineError(f"{target} is a file where the dataset directory goes; move it away")
+    require(dataset_estimate(layout.shape, spec.n_train, spec.n_test), target.parent,
+            f"build-data ({spec.n_train:,} + {spec.n_test:,} samples of {layout.shape[0]}x"
+            f"{layout.shape[1]}x{layout.shape[2]})", "lower --n-train/--n-test or free some space")
+    writable_dir(target.parent)
+    with path_lock(target, log=log):
+        # Another process may have built it while this one waited for the lock.
+        state = _reusable(target, spec, perm) if not force else None
+        if state is True:
+            log(f"reusing {target} (built by another process meanwhile)")
+            return target
+        if isinstance(state, str):
+            log(f"notice: {state}; rebuilding it")
+        created = not target.exists()
+        try:
+            _build(target, spec, splits, layout, root, perm, draws, log)
+        except OSError as exc:
+            raise os_error(exc, "write", getattr(exc, "filename", None) or target) from None
+        finally:
+            if created and target.is_dir() and not any(target.iterdir()):
+                target.rmdir()  # a failed first build leaves no empty directory
+    return target
 
+
+def _reusable(target: Path, spec: DataSpec, perm) -> bool | str | None:
+    """True when `target` holds a complete dataset of `spec` whose files match their digests and
+    whose block permutation is `perm`; a string saying what is wrong when it is complete but not
+    usable; None when it is absent or incomplete."""
+    if not is_complete(target, spec):
+        return None
+    try:
+        manifest = verify_dataset(target)
+    except EngineError as exc:
+        return str(exc).split(";")[0]
+    recorded = (manifest.get("block_shuffle") or {}).get("permutation")
+    if (None if perm is None else perm.tolist()) != recorded:
+        return (f"{target} was built with another block permutation (an identity draw, "
+                "now redrawn)")
+    return True
+
+
+def _build(target: Path, spec: DataSpec, splits, layout: Layout, root: Path, perm, draws: int,
+           log) -> None:
     writable_dir(target)
+    remove_stale_temps(target, everyone=True)  # this process holds the dataset's lock
     started = time.perf_counter()
     results = {}
     finals = [paths.split_file(target, split) for split in SPLITS]
@@ -160,12 +237,15 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
             results[split] = _write_split(tmp, split, splits["left", split], splits["right", split],
                                           layout, spec, n)
             log(f"{split}: {n} samples written in {results[split]['write_seconds']:.2f} s "
-                f"({results[split]['samples_per_s']:,.0f} samples/s)")
+                f"({_rate(results[split]['samples_per_s'])} samples/s)")
 
     total = time.perf_counter() - started
-    manifest = _manifest(spec, splits, layout, results, root, total, perm)
+    manifest = _manifest(spec, splits, layout, results, root, total, perm, draws)
     write_json(paths.manifest_file(target), manifest)
-    return target
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def write_split(path: Path, split: str, left, right, layout: Layout, spec: DataSpec, n: int):
@@ -184,6 +264,7 @@ def write_split(path: Path, split: str, left, right, layout: Layout, spec: DataS
 
     perm = shuffle_permutation(layout, spec.block_shuffle, spec.seed)
     index = None if perm is None else block_index(layout.shape, spec.block_shuffle, perm)
+    # Pages are hashed as they are written (engine.data.digest): the digest is in the returned facts
 
     def fill(buf, first, count):
         fill_composed(buf, first, count, left.images, right.images, left_idx, right_idx, layout)
@@ -197,11 +278,10 @@ def _write_split(path: Path, split: str, left, right, layout: Layout, spec: Data
     t0 = time.perf_counter()
     facts, scalars = write_split(path, split, left, right, layout, spec, n)
     seconds = time.perf_counter() - t0
-    digest = sha256_file(path)
     stats = label_stats(scalars["alice_label"], scalars["bob_label"], len(left.classes),
                         len(right.classes), spec.beta)
-    return {"file": f"{split}.beton", "samples": n, **facts, "sha256": digest, **stats,
-            "write_seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else float("inf")}
+    return {"file": f"{split}.beton", "samples": n, **facts, **stats,
+            "write_seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}
 
 
 def _half_box(plan) -> dict:
@@ -211,7 +291,7 @@ def _half_box(plan) -> dict:
 
 
 def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path, seconds: float,
-              perm: np.ndarray | None = None) -> dict:
+              perm: np.ndarray | None = None, draws: int = 1) -> dict:
     n = sum(r["samples"] for r in results.values())
     side = {}
     for name, src in (("left", spec.left), ("right", spec.right)):
@@ -230,9 +310,10 @@ def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path,
         "pi": "b = a mod C_right",
         "image_shape": list(layout.shape),
         "halves": {"left": _half_box(layout.left), "right": _half_box(layout.right)},
-        # Output block j (row-major over the composed image) is input block permutation[j].
+        # Output block j (row-major over the composed image) is input block permutation[j]; draws:
+        # how many permutations the seeded generator drew (identity draws are redrawn).
         "block_shuffle": None if perm is None else {
-            "block": spec.block_shuffle, "seed": spec.seed,
+            "block": spec.block_shuffle, "seed": spec.seed, "draws": int(draws),
             "grid": [layout.height // spec.block_shuffle, layout.width // spec.block_shuffle],
             "permutation": perm.tolist()},
         "fields": {"image": {"type": "NDArrayField", "dtype": "uint8", "shape": list(layout.shape)},
@@ -241,7 +322,7 @@ def _manifest(spec: DataSpec, splits, layout: Layout, results: dict, root: Path,
         "splits": results,
         "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": seconds,
-        "samples_per_s": n / seconds if seconds > 0 else float("inf"),
+        "samples_per_s": n / seconds if seconds > 0 else None,
     }
 
 

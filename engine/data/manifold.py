@@ -50,9 +50,8 @@ import numpy as np
 from engine import __version__, paths
 from engine.data import beton
 from engine.atomic import staged, writable_dir, write_json
-from engine.data.checksums import sha256_file
 from engine.errors import EngineError
-from engine.data.manifest import is_complete
+from engine.data.manifest import is_complete, verify_dataset
 from engine.spec import spec_hash
 
 MANIFOLD_FORMAT_VERSION = 1  # bump when the bytes a ManifoldSpec produces change
@@ -213,8 +212,12 @@ def build_manifold(spec: ManifoldSpec, out=None, *, force: bool = False,
     log = log or (lambda msg: None)
     target = paths.dataset_dir(paths.datasets_out(out), spec.key)
     if not force and is_complete(target, spec):
-        log(f"reusing {target} (same spec; --force rebuilds)")
-        return target
+        try:
+            verify_dataset(target)
+            log(f"reusing {target} (same spec, contents verified; --force rebuilds)")
+            return target
+        except EngineError as exc:
+            log(f"notice: {str(exc).split(';')[0]}; rebuilding it")
     writable_dir(target)
     started = time.perf_counter()
     model = draw_model(spec)
@@ -225,7 +228,7 @@ def build_manifold(spec: ManifoldSpec, out=None, *, force: bool = False,
             samples = split_samples(spec, model, split)
             facts = write_split(tmp, samples)
             results[split] = {"file": f"{split}.beton", "samples": len(samples.x), **facts,
-                              "sha256": sha256_file(tmp), **_label_stats(samples, spec.n_classes)}
+                              **_label_stats(samples, spec.n_classes)}  # facts: the digest
     seconds = time.perf_counter() - started
     write_json(paths.manifest_file(target), _manifest(spec, model, results, seconds))
     log(f"built {target} in {seconds:.2f} s")

@@ -46,7 +46,8 @@ from engine.threads import one_thread
 from engine.spec import AliceSpec, BobSpec, n_layers
 from engine.spec import canonical_json
 from engine.store import ResultsStore
-from engine.sweep.driver import parse_floats, run_bob
+from engine.sweep.executors import run_bob
+from engine.sweep.parse import parse_floats
 from engine.train.trainer import CompiledModelCache, DeviceData, evaluate, fit
 
 ARCH = "mlp"

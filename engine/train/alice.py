@@ -27,8 +27,8 @@ from engine.data.manifest import read_manifest
 from engine.train.models import build_model
 from engine.spec import AliceSpec
 from engine.train.stream import StreamData, evaluate_stream
-from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate, make_optimizer,
-                          make_runner, train_step)
+from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate,
+                                  make_optimizer, make_runner, run_epochs, train_step)
 
 LABEL = "alice_label"
 DEVICES = ("auto", "cpu", "cuda")
@@ -70,17 +70,28 @@ def init_seed(seed: int) -> int:
     return int(np.random.SeedSequence(int(seed), spawn_key=(1,)).generate_state(1, np.uint64)[0] >> 1)
 
 
-def is_complete(out: Path, spec: AliceSpec, save_epochs: Iterable[int] = ()) -> bool:
+def is_complete(out: Path, spec: AliceSpec, save_epochs: Iterable[int] = (),
+                log: Callable[[str], None] | None = None) -> bool:
+    """Whether Alice `spec` is trained under `out` with every epoch in `save_epochs` saved, each
+    checkpoint verified against its recorded digest. A damaged (or unverifiable, pre-digest)
+    checkpoint counts as absent: with `log`, one notice line says so, and the caller retrains."""
     path = paths.alice_checkpoint(out, spec.id)
     if not path.is_file():
         return False
+    epochs = [paths.alice_epoch_checkpoint(out, spec.id, k) for k in save_epochs]
     try:
-        _, saved_spec, metrics = load_checkpoint(path)
-    except EngineError:
+        _, saved_spec, metrics = load_checkpoint(path, require_digest=True)
+        if not (saved_spec.get("alice") == spec.to_dict()
+                and set(save_epochs) <= set(metrics.get("saved_epochs", []))
+                and all(p.is_file() for p in epochs)):
+            return False
+        for p in epochs:
+            load_checkpoint(p, require_digest=True)
+    except EngineError as exc:
+        if log:
+            log(f"notice: {str(exc).split('; delete it')[0]}; retraining Alice {spec.id}")
         return False
-    return (saved_spec.get("alice") == spec.to_dict()
-            and set(save_epochs) <= set(metrics.get("saved_epochs", []))
-            and all(paths.alice_epoch_checkpoint(out, spec.id, k).is_file() for k in save_epochs))
+    return True
 
 
 def _check_save_epochs(save_epochs: Iterable[int], epochs: int) -> list[int]:
@@ -110,13 +121,33 @@ def pretrain(dataset_dir: str | os.PathLike, spec: AliceSpec, out: str | os.Path
         raise EngineError(f"Alice spec is for dataset {spec.dataset}, but {dataset_dir} holds "
                           f"{manifest['key']}")
     final = paths.alice_checkpoint(out, spec.id)
-    if is_complete(out, spec, save_epochs):
-        log(f"reusing Alice {spec.id} ({final})")
+    if is_complete(out, spec, save_epochs, log=log):
+        log(f"reusing Alice {spec.id} ({final}, verified)")
         return final
 
     train, test = data if data is not None else load_data(dataset_dir, device)
+
+    def write_checkpoint(epoch: int | None, state: dict, model_spec: dict, metrics: dict) -> None:
+        path = final if epoch is None else paths.alice_epoch_checkpoint(out, spec.id, epoch)
+        save_checkpoint(path, state, model_spec, metrics)
+
+    train_alice(spec, train, test, len(manifest["sources"]["left"]["classes"]), save_epochs,
+                device, cache=cache, log=log, write=write_checkpoint)
+    return final
+
+
+def train_alice(spec: AliceSpec, train, test, n_classes: int, save_epochs: Iterable[int] = (),
+                device: str | torch.device = "auto", *, cache: CompiledModelCache | None = None,
+                log: Callable[[str], None] | None = None,
+                write: Callable[[int | None, dict, dict, dict], None]) -> dict:
+    """Train Alice per `spec` on `train` (from `load_data`, or DeviceData built from arrays) and
+    evaluate on `test`, writing nothing itself: `write(epoch, state_dict, model_spec, metrics)`
+    receives each epoch in `save_epochs`, then (epoch None) the final weights. Returns the final
+    metrics. `pretrain` writes checkpoints with it; the Ray executor ships them to its driver."""
+    log = log or (lambda msg: None)
+    device = resolve_device(device)
+    save_epochs = _check_save_epochs(save_epochs, spec.epochs)
     streaming = isinstance(train, StreamData)
-    n_classes = len(manifest["sources"]["left"]["classes"])
     arch = {"depth": spec.depth, "width": spec.width, "global_pool": spec.global_pool}
     if cache is not None:
         runner = cache.get(spec.arch, train.input_shape, n_classes, frozen_upto=0, **arch)
@@ -136,41 +167,41 @@ def pretrain(dataset_dir: str | os.PathLike, spec: AliceSpec, out: str | os.Path
         return {"test_acc": acc, "test_loss": loss}
 
     def save(epoch: int, metrics: dict) -> None:
-        save_checkpoint(paths.alice_epoch_checkpoint(out, spec.id, epoch), model.state_dict(),
-                        model_spec, {"epoch": epoch, **metrics, **test_metrics()})
+        write(epoch, model.state_dict(), model_spec, {"epoch": epoch, **metrics, **test_metrics()})
 
     if streaming:
         loader = train.loader(spec.batch_size, shuffle=True, seed=spec.seed)
-        epoch_data = lambda: train.batches(loader, LABEL, device)  # noqa: E731
+        batches = lambda: train.batches(loader, LABEL, device)  # noqa: E731
     else:
-        generator = torch.Generator(device=device).manual_seed(spec.seed)
+        generator = torch.Generator().manual_seed(spec.seed)  # CPU: the same order on every device
         labels = train.labels[LABEL]
-        epoch_data = lambda: ((train.inputs(idx), labels[idx])  # noqa: E731
-                              for idx in epoch_batches(len(train), spec.batch_size, generator))
+        batches = lambda: ((train.inputs(idx), labels[idx])  # noqa: E731
+                           for idx in epoch_batches(len(train), spec.batch_size, generator, device))
+
+    def epoch_metrics(totals: dict) -> dict:
+        return {"train_loss": totals["loss_sum"].item() / totals["seen"],
+                "train_acc": totals["correct"].item() / totals["seen"]}
+
+    def after_epoch(epoch: int, totals: dict) -> None:
+        if epoch in save_epochs:
+            save(epoch, epoch_metrics(totals))
+        set_train_mode(model, 0)  # `save` evaluated the model
 
     log(f"training Alice {spec.id}: {spec.arch} on {len(train)} samples, {spec.epochs} epochs")
     if 0 in save_epochs:
         save(0, {})
     t0 = time.perf_counter()
     opt = make_optimizer(params, spec.optimizer, spec.lr, device)
-    for epoch in range(1, spec.epochs + 1):
-        set_train_mode(model, 0)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for x, y in epoch_data():
-            loss, right = train_step(runner, opt, x, y, frozen_input=False, device=device)
-            loss_sum += loss
-            correct += right
-            seen += len(y)
-        train_metrics = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
-        if epoch in save_epochs:
-            save(epoch, train_metrics)
+    set_train_mode(model, 0)
+    last = run_epochs(spec.epochs, batches,
+                      lambda x, y: train_step(runner, opt, x, y, frozen_input=False, device=device),
+                      on_epoch=after_epoch)
+    train_metrics, seen = epoch_metrics(last), last["seen"]
     wall = time.perf_counter() - t0
     metrics = {**train_metrics, **test_metrics(), "epochs": spec.epochs, "n_train": len(train),
                "wall_s": wall, "samples_per_s": spec.epochs * seen / wall,
                "device": device_name(device), "engine_version": __version__,
                "saved_epochs": save_epochs}
-    save_checkpoint(final, model.state_dict(), model_spec, metrics)
+    write(None, model.state_dict(), model_spec, metrics)
     log(f"Alice {spec.id}: test accuracy {metrics['test_acc']:.4f} on alice_label")
-    return final
+    return metrics

@@ -23,7 +23,7 @@ from engine.data.beton import BetonFile, default_workers
 from engine.train.freeze import set_train_mode
 from engine.train.models import LayeredNet
 from engine.train.trainer import (OPTIMIZERS, DeviceData, Runner, _autocast, _memory_format, make_optimizer,
-                          make_runner, train_step)
+                          make_runner, run_epochs, train_step)
 
 STATS_CHUNK = 8192  # images per read when computing channel statistics
 
@@ -117,18 +117,10 @@ def fit_stream(model: LayeredNet, params: list[nn.Parameter], data: StreamData, 
     set_train_mode(model, frozen_upto)
     opt = make_optimizer(params, optimizer, lr, device)
     loader = data.loader(batch_size, shuffle=True, seed=seed)
-    steps = seen = 0
-    for _ in range(epochs):
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for x, y in data.batches(loader, label, device):
-            loss, right = train_step(runner, opt, x, y, frozen_input=False, device=device)
-            loss_sum += loss
-            correct += right
-            seen += len(y)
-            steps += 1
+    last = run_epochs(epochs, lambda: data.batches(loader, label, device),
+                      lambda x, y: train_step(runner, opt, x, y, frozen_input=False, device=device))
     wall = time.perf_counter() - start
+    loss_sum, correct, seen, steps = last["loss_sum"], last["correct"], last["seen"], last["steps"]
     return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
             "epochs": epochs, "steps": steps, "samples_per_epoch": seen, "wall_s": wall,
             "samples_per_s": epochs * seen / wall, "feature_cache": False, "optimizer": optimizer,
@@ -147,7 +139,7 @@ def evaluate_stream(model: LayeredNet, data: StreamData, label: str, batch_size:
     n = 0
     with torch.no_grad(), _autocast(device):
         for x, y in data.batches(data.loader(batch_size, shuffle=False), label, device):
-            logits = runner.tail(runner.prefix(x))
+            logits = model(x)  # eager, as engine.train.trainer.evaluate
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += len(y)

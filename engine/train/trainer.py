@@ -23,7 +23,7 @@ import contextlib
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ SGD_MOMENTUM = 0.9
 FEATURE_CACHE_SHARE = 0.5  # of the device's free memory a run's frozen features may take
 FEATURE_CACHE_BYTES = 2 * 2**30  # where free memory cannot be read
 CHUNK = 1024  # samples per forward pass when caching features
+RECOMPILE_LIMIT = 256  # dynamo entries per code object: group shapes of a large sweep
 
 
 def _is_cuda(device: torch.device) -> bool:
@@ -161,14 +162,13 @@ class DeviceData:
         """`n` samples drawn without replacement under `seed` (all of them if n is None).
 
         With one seed, smaller subsets are contained in larger ones (prefixes of one permutation).
-        Normalisation stats are the parent's.
+        The draw is the same on every device (`draw_subset`). Normalisation stats are the parent's.
         """
         if n is None:
             return self
         if not 1 <= n <= len(self):
             raise EngineError(f"subset size must be in 1..{len(self)}, got {n}")
-        g = torch.Generator(device=self.device).manual_seed(int(seed))
-        idx = torch.randperm(len(self), generator=g, device=self.device)[:n].sort().values
+        idx = draw_subset(len(self), n, seed).to(self.device)
         images = self.images[idx].contiguous(memory_format=_memory_format(self.device))
         return DeviceData(images, {k: v[idx] for k, v in self.labels.items()}, self.mean, self.std)
 
@@ -191,14 +191,24 @@ def _upload_labels(labels: dict[str, np.ndarray], n: int, device: torch.device) 
 
 
 # 2. Batching -------------------------------------------------------------------------------------
+# Every draw is made on the CPU with a CPU generator and then moved, so a seed gives the same
+# samples and the same batch order on every device (a CUDA generator draws other permutations).
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """Index batches for one epoch: a fresh permutation cut into full batches.
+def draw_subset(n_total: int, n: int, seed: int) -> Tensor:
+    """Sorted indices of `n` of `n_total` samples, drawn without replacement under `seed` (CPU)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_total, generator=g)[:n].sort().values
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  device: torch.device | str = "cpu") -> list[Tensor]:
+    """Index batches for one epoch on `device`: a fresh permutation from the CPU `generator`, cut
+    into full batches.
 
     The ragged end is dropped (fixed shapes keep compiled graphs fixed); with n <= batch_size the
     epoch is one batch of all n.
     """
-    perm = torch.randperm(n, generator=generator, device=generator.device)
+    perm = torch.randperm(n, generator=generator).to(device)
     if n <= batch_size:
         return [perm]
     return list(perm[: n - n % batch_size].view(-1, batch_size))
@@ -221,9 +231,14 @@ def make_runner(model: LayeredNet, frozen_upto: int, *, compile: bool = False,
     prefix: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[:frozen_upto])
     tail: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[frozen_upto:])
     if compile:
+        # Every split is an nn.Sequential, so all share Sequential.forward's code object and with
+        # it one dynamo cache: allow an entry per (architecture, shape, frozen depth) of a sweep,
+        # and no dynamic-shape recompiles (each split sees one batch shape for training).
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
         if frozen_upto > 0:
-            prefix = torch.compile(prefix, backend=backend)
-        tail = torch.compile(tail, backend=backend)
+            prefix = torch.compile(prefix, backend=backend, dynamic=False)
+        tail = torch.compile(tail, backend=backend, dynamic=False)
     return Runner(model, frozen_upto, prefix, tail)
 
 
@@ -330,6 +345,35 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
 
 # 6. Epochs ---------------------------------------------------------------------------------------
 
+def run_epochs(epochs: int, batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
+               step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], *,
+               on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """The epoch loop every trainer runs (`fit`, the streamed fit, Alice's pre-training and the
+    batched trainer): `batches()` yields one epoch's (inputs, labels), `step(x, y)` trains on them
+    and returns (summed loss, n correct) as device tensors, scalars or one per member of a batched
+    group (labels [K, B]). Sums stay on the device: nothing here syncs with it.
+
+    Returns the last epoch's {"loss_sum", "correct", "seen" (samples per member), "steps" (all
+    epochs)}; `on_epoch(epoch, that dict)` is called after every epoch (1-based).
+    """
+    steps = 0
+    last: dict = {}
+    for epoch in range(1, epochs + 1):
+        loss_sum = correct = None
+        seen = 0
+        for x, y in batches():
+            loss, right = step(x, y)
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            correct = right if correct is None else correct + right
+            seen += y.shape[-1]
+            steps += 1
+        last = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": steps}
+        if on_epoch is not None:
+            on_epoch(epoch, last)
+    return last
+
+
+
 def _check_fit_args(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: str,
                     epochs: int, lr: float, optimizer: str, batch_size: int,
                     frozen_upto: int) -> None:
@@ -385,32 +429,27 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
     start = time.perf_counter()
     set_train_mode(model, frozen_upto)
     opt = make_optimizer(params, optimizer, lr, device)
-    generator = torch.Generator(device=device).manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(seed))
     labels = data.labels[label]
     feats = None
     if epochs > 1:
         budget = feature_budget(device) if feature_cache_bytes is None else feature_cache_bytes
         feats = frozen_features(runner, data, budget)
-    steps = 0
-    for _ in range(epochs):
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for idx in epoch_batches(len(data), batch_size, generator):
-            x = feats[idx] if feats is not None else data.inputs(idx)
-            loss, right = train_step(runner, opt, x, labels[idx], frozen_input=feats is not None,
-                                     device=device)
-            loss_sum += loss
-            correct += right
-            seen += len(idx)
-            steps += 1
-    train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # .item() syncs
+
+    def batches():
+        for idx in epoch_batches(len(data), batch_size, generator, device):
+            yield (feats[idx] if feats is not None else data.inputs(idx)), labels[idx]
+
+    step = lambda x, y: train_step(runner, opt, x, y, frozen_input=feats is not None,  # noqa: E731
+                                   device=device)
+    last = run_epochs(epochs, batches, step)
     wall = time.perf_counter() - start
+    seen = last["seen"]
     return {
-        "train_loss": train_loss,
-        "train_acc": train_acc,
+        "train_loss": last["loss_sum"].item() / seen,  # .item() syncs
+        "train_acc": last["correct"].item() / seen,
         "epochs": epochs,
-        "steps": steps,
+        "steps": last["steps"],
         "samples_per_epoch": seen,
         "wall_s": wall,
         "samples_per_s": epochs * seen / wall,
@@ -425,7 +464,10 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
 
 def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 1024, *,
              runner: Runner | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on all of `data`, in eval mode."""
+    """(accuracy, mean cross-entropy) of `model` on all of `data`, in eval mode.
+
+    Always eager: the test split's ragged last batch would add a compiled graph per dataset size,
+    and evaluation is a small part of a run."""
     if label not in data.labels:
         raise EngineError(f"no label {label!r} in the data; it has: {', '.join(data.labels)}")
     if runner is None:
@@ -442,7 +484,7 @@ def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 
     with torch.no_grad(), _autocast(device):
         for start in range(0, len(data), batch_size):
             y = labels[start:start + batch_size]
-            logits = runner.tail(runner.prefix(data.inputs(slice(start, start + batch_size))))
+            logits = model(data.inputs(slice(start, start + batch_size)))
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
     n = len(data)

@@ -1,0 +1,208 @@
+"""Many fine-tunes per step: the batched executor against the serial one and the naive loop.
+
+Run with `make bench` (needs real MNIST and Fashion-MNIST under ENGINE_DATA_ROOT). Same work on
+every side, measured side by side in one run on one machine:
+
+- `test_sweep_mix[mlp|cnn]`: the default sweep mix (`engine sweep --layers all`: finetune and
+  reinit at l = 1..L, scratch, random-frozen at l = 2..L; 15 runs per beta and seed) at 3 betas x
+  2 seeds = 90 runs, through `engine.sweep.driver.execute` with `--executor serial` and
+  `--executor batched` (results store included), and through `bench/naive_baseline.py` (one
+  process per (beta, seed), every run trained, its summed per-run times).
+- `test_head_only`: 100 head-only runs (l = L finetune, seeds 0..99, one Alice, one dataset),
+  serial vs batched.
+
+Alices are pre-trained once, before any timing, and shared by all sides. Each side is timed once
+after an untimed warm-up of the same runs on 256 samples (first-call costs). Figures go to
+`extra_info`: fine-tunes/hour per side, the ratios, the FP32 FLOP rate reached by the batched side
+(FLOPs counted with torch.utils.flop_counter on one training step and one evaluation pass per
+distinct run shape) and the largest accuracy difference between serial and batched.
+
+Sizes: BENCH_MIX_N (default 2000) training and BENCH_MIX_TEST_N (default 1000) test samples per
+dataset, BENCH_MIX_EPOCHS (default 1).
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import engine
+from engine import paths
+from engine.spec import BobSpec, Training, n_layers
+from engine.sweep.driver import execute
+from engine.sweep.expand import alice_spec, expand_sweep
+from engine.train.alice import device_name, pretrain
+
+ROOT = Path(os.environ.get("ENGINE_DATA_ROOT", "data"))
+if not (ROOT / "MNIST" / "raw").is_dir() or not (ROOT / "FashionMNIST" / "raw").is_dir():
+    pytest.skip("real MNIST and Fashion-MNIST needed under ENGINE_DATA_ROOT", allow_module_level=True)
+
+PAIR, BETAS, SEEDS = "mnist:fashion", (0.0, 0.5, 1.0), (0, 1)
+N_TRAIN = int(os.environ.get("BENCH_MIX_N", 2000))
+N_TEST = int(os.environ.get("BENCH_MIX_TEST_N", 1000))
+EPOCHS = int(os.environ.get("BENCH_MIX_EPOCHS", 1))
+HEADS = 100
+WARMUP_N = 256
+ALICE = Training(epochs=1)
+BOB = Training(epochs=EPOCHS)
+NAIVE = Path(__file__).resolve().parent / "naive_baseline.py"
+CPU_PEAK_FLOPS = 157e9  # 2 cores x 2 FMA units x 8 fp32 lanes x 2 FLOP x 2.45 GHz (RESULTS.md)
+QUIET = io.StringIO()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Datasets per beta and every Alice (mlp and cnn, per beta and seed), trained once."""
+    out = tmp_path_factory.mktemp("batched")
+    dirs = {}
+    for beta in BETAS:
+        d = engine.build_data(PAIR, beta, n_train=N_TRAIN, n_test=N_TEST, data_root=ROOT,
+                              out=paths.sweep_datasets(out))
+        dirs[beta] = d
+    alices = {(arch, beta, s): alice_spec(dirs[beta].name, arch, s, ALICE)
+              for arch in ("mlp", "cnn") for beta in BETAS for s in SEEDS}
+    for (arch, beta, s), a in alices.items():
+        pretrain(dirs[beta], a, out / "base", device="cpu")
+    return {"out": out, "dirs": dirs, "alices": alices}
+
+
+def _run(setup, name: str, specs: list[BobSpec], executor: str) -> tuple[float, pd.DataFrame]:
+    """Seconds for `specs` through `executor` after an untimed warm-up; the rows written."""
+    root = setup["out"] / f"{name}-{executor}"
+    shutil.rmtree(root, ignore_errors=True)
+    for d in (root, root / "warm"):
+        shutil.copytree(setup["out"] / "base" / "alice", d / "alice")
+    dataset_dirs = {d.name: d for d in setup["dirs"].values()}
+    alices = list(setup["alices"].values())
+    warm = [BobSpec(**{**s.to_dict(), "n_bob": WARMUP_N}) for s in specs]
+    execute(root / "warm", warm, alices, dataset_dirs, executor=executor, device="cpu",
+            stderr=QUIET)
+    t0 = time.perf_counter()
+    counts = execute(root, specs, alices, dataset_dirs, executor=executor, device="cpu",
+                     stderr=QUIET)
+    seconds = time.perf_counter() - t0
+    assert counts["ran"] == len(specs)
+    return seconds, pd.read_parquet(root / "results")
+
+
+def _naive(setup, arch: str) -> tuple[float, dict]:
+    """The sweep mix through the naive loop: summed per-run seconds, test accuracy per run."""
+    seconds, accs = 0.0, {}
+    for beta in BETAS:
+        for seed in SEEDS:
+            specs = expand_sweep([beta], [arch], [seed], datasets={beta: "d"}, bob=BOB, alice=ALICE)
+            runs = ",".join(f"{s.retrain_from}:{s.mode}" for s in specs)
+            a = setup["alices"][arch, beta, seed]
+            cmd = [sys.executable, str(NAIVE), str(setup["dirs"][beta]),
+                   str(paths.alice_checkpoint(setup["out"] / "base", a.id)), runs, "--arch", arch,
+                   "--epochs", str(EPOCHS), "--seed", str(seed), "--warmup-n", str(WARMUP_N)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            for line in done.stdout.splitlines():
+                if line.startswith("{"):
+                    r = json.loads(line)
+                    seconds += r["seconds"]
+                    accs[f"{beta}:{seed}:{r['l']}:{r['mode']}"] = r["test_acc"]
+    return seconds, accs
+
+
+def _flops(setup, specs: list[BobSpec], arch: str) -> float:
+    """FP32 FLOPs of training and evaluating `specs` once each (what any trainer must do, with
+    frozen-prefix outputs counted once per distinct prefix and computation counted once)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from engine.spec import frozen_prefix
+    from engine.train.models import build_model
+    shape = (28, 56, 1)
+    model = build_model(arch, shape, 10)
+    L = model.n_layers
+    per_sample = {}
+    for k in range(L):  # FLOPs per sample of layers k..L-1: forward, and forward + backward
+        x = torch.randn(8, shape[2], *shape[:2])
+        with torch.no_grad():
+            for layer in model.layers[:k]:
+                x = layer(x)
+        tail = torch.nn.Sequential(*model.layers[k:])
+        with FlopCounterMode(display=False) as fwd:
+            with torch.no_grad():
+                tail(x)
+        with FlopCounterMode(display=False) as both:
+            tail(x.requires_grad_(k > 0)).sum().backward()
+        per_sample[k] = (fwd.get_total_flops() / 8, both.get_total_flops() / 8)
+    steps = (N_TRAIN // BOB.batch_size) * BOB.batch_size * EPOCHS
+    total, prefixes = 0.0, set()
+    for s in {s.computation_id: s for s in specs}.values():
+        k = frozen_prefix(L, s.retrain_from, s.mode)
+        total += steps * per_sample[k][1] + N_TEST * per_sample[0][0]
+        prefix = (s.alice_id or s.seed, k, s.dataset)
+        if k and prefix not in prefixes:  # the frozen prefix over the data, once
+            prefixes.add(prefix)
+            total += N_TRAIN * (per_sample[0][0] - per_sample[k][0])
+    return total
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_sweep_mix(benchmark, setup, arch):
+    specs = []
+    for beta in BETAS:
+        specs += expand_sweep([beta], [arch], list(SEEDS), datasets={beta: setup["dirs"][beta].name},
+                              bob=BOB, alice=ALICE)
+    naive_s, naive_acc = _naive(setup, arch)
+    serial_s, serial_df = _run(setup, f"mix-{arch}", specs, "serial")
+    batched = {}
+    benchmark.pedantic(lambda: batched.update(zip(("s", "df"), _run(setup, f"mix-{arch}", specs,
+                                                                     "batched"))),
+                       rounds=1, iterations=1, warmup_rounds=0)
+    batched_s, batched_df = batched["s"], batched["df"]
+    per_hour = {k: len(specs) * 3600 / v for k, v in
+                (("naive", naive_s), ("serial", serial_s), ("batched", batched_s))}
+    acc = serial_df.set_index("run_id")["test_acc"]
+    diff = (batched_df.set_index("run_id")["test_acc"] - acc).abs().max()
+    flops = _flops(setup, specs, arch)
+    benchmark.extra_info.update({
+        "workload": f"default sweep mix, {arch}, 3 betas x 2 seeds", "runs": len(specs),
+        "device": device_name(torch.device("cpu")), "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "n_train": N_TRAIN, "n_test": N_TEST,
+        "epochs": EPOCHS, "seconds": {"naive": naive_s, "serial": serial_s, "batched": batched_s},
+        "finetunes_per_hour": per_hour,
+        "batched_vs_naive": per_hour["batched"] / per_hour["naive"],
+        "batched_vs_serial": per_hour["batched"] / per_hour["serial"],
+        "serial_vs_naive": per_hour["serial"] / per_hour["naive"],
+        "batched_gflop_per_s": flops / batched_s / 1e9,
+        "batched_fraction_of_fp32_peak": flops / batched_s / CPU_PEAK_FLOPS,
+        "max_abs_test_acc_diff_serial_batched": float(diff),
+        "mean_test_acc": {"naive": sum(naive_acc.values()) / len(naive_acc),
+                          "serial": float(acc.mean()), "batched": float(batched_df["test_acc"].mean())},
+    })
+    assert len(batched_df) == len(specs) and set(batched_df["executor"]) == {"batched"}
+    assert diff < 0.02, diff  # same runs: only floating-point reassociation differs
+
+
+def test_head_only(benchmark, setup):
+    beta = BETAS[-1]
+    a = setup["alices"]["cnn", beta, 0]
+    L = n_layers("cnn")
+    specs = [BobSpec(alice_id=a.id, dataset=a.dataset, arch="cnn", retrain_from=L, mode="finetune",
+                     seed=s, epochs=EPOCHS) for s in range(HEADS)]
+    serial_s, serial_df = _run(setup, "heads", specs, "serial")
+    batched = {}
+    benchmark.pedantic(lambda: batched.update(zip(("s", "df"), _run(setup, "heads", specs,
+                                                                     "batched"))),
+                       rounds=1, iterations=1, warmup_rounds=0)
+    diff = (batched["df"].set_index("run_id")["test_acc"]
+            - serial_df.set_index("run_id")["test_acc"]).abs().max()
+    benchmark.extra_info.update({
+        "workload": f"{HEADS} head-only runs (cnn, l = L, one Alice)", "n_train": N_TRAIN,
+        "n_test": N_TEST, "epochs": EPOCHS,
+        "seconds": {"serial": serial_s, "batched": batched["s"]},
+        "finetunes_per_hour": {"serial": HEADS * 3600 / serial_s,
+                               "batched": HEADS * 3600 / batched["s"]},
+        "batched_vs_serial": serial_s / batched["s"],
+        "max_abs_test_acc_diff_serial_batched": float(diff),
+    })
+    assert diff < 0.02, diff

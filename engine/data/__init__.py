@@ -1,0 +1,1 @@
+"""Datasets: building correlated pairs into .beton files, reading them, manifests, statistics."""

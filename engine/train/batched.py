@@ -1,0 +1,491 @@
+"""Batched Bob fine-tunes: K runs ("members") of one group trained as one grouped network.
+
+Members of a group share everything that fixes the step's shapes and arithmetic (`group_key`):
+architecture and options, input shape, n_classes, frozen depth, epochs, optimizer, lr, batch size
+and training-sample count, so they take the same number of equal-shaped steps in lock-step. They
+may differ in seed (weights, subset, shuffling), mode, Alice and dataset. Each member gets exactly
+the serial path's computation (`engine.sweep.driver.run_bob`): `prepare_bob`'s weights, the
+subset of `DeviceData.subset`, `fit`'s batch order, its own optimizer state and BatchNorm
+statistics; results agree with the serial path up to floating-point reassociation.
+
+Chapters, in order:
+1. Members and groups.
+2. The grouped network: the trainable tail as a list of ops over stacked weights. Convolutions
+   run as one grouped convolution over [B, K*C, H, W] channels-last activations (BatchNorm is per
+   channel, so over K*C channels it is per member); linear layers as one batched matmul over
+   [K, B, D]. (torch.func.vmap over the module gives grouped convolutions too, but in NCHW: 3.3x
+   slower than serial for the cnn on the 2-core CPU.) On that CPU, single-threaded, oneDNN's
+   grouped convolutions take 1.0-1.8x the time of K separate ones, so cnn groups with early
+   trainable convolutions gain nothing there; groups whose tail is linear layers (head-only, the
+   mlp's last layers) run 10-12x faster than serial, mostly from shared frozen features.
+3. The step: a pure function (params, buffers, opt state, x, y, hyper) -> new ones, loss[K],
+   correct[K]; gradients by torch.func, SGD/Adam written out with torch.optim's formulas. It
+   compiles whole (fullgraph) with inductor.
+4. Data: each member's subset and batch order; frozen-prefix outputs computed once per
+   (prefix source, dataset) over the samples its members use.
+5. Training: memory-sized groups, halved on CUDA out-of-memory.
+6. Evaluation.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.errors import EngineError
+from engine.spec import BobSpec, frozen_prefix, n_layers
+from engine.train.freeze import prepare_bob
+from engine.train.models import Head, build_model
+from engine.train.trainer import (CHUNK, SGD_MOMENTUM, DeviceData, _autocast, _is_cuda,
+                                  _memory_format, draw_subset, epoch_batches, feature_budget,
+                                  frozen_features, run_epochs,
+                                  make_runner)
+
+LABEL = "bob_label"
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fit` uses
+ACTIVATION_COPIES = 4  # activation tensors kept per layer output for backward (conv, BN, ReLU, grad)
+STATE_COPIES = 6  # param, grad, new param, 2 Adam moments, spare
+
+
+# 1. Members and groups ---------------------------------------------------------------------------
+
+@dataclass
+class Member:
+    spec: BobSpec
+    train: DeviceData
+    test: DeviceData
+    alice_state: dict | None
+    n_classes: int
+
+
+def group_key(spec: BobSpec, input_shape, n_classes: int, n_train: int) -> tuple:
+    """Runs with equal keys can train together; `n_train` = spec.n_bob or the split's size."""
+    L = n_layers(spec.arch, spec.depth, spec.width, spec.global_pool)
+    return (spec.arch, spec.depth, spec.width, spec.global_pool, tuple(input_shape), n_classes,
+            frozen_prefix(L, spec.retrain_from, spec.mode), spec.epochs, spec.optimizer, spec.lr,
+            spec.batch_size, n_train)
+
+
+def _key(m: Member) -> tuple:
+    return group_key(m.spec, m.train.input_shape, m.n_classes, m.spec.n_bob or len(m.train))
+
+
+def _source(m: Member, frozen: int):
+    """Whose frozen layers a member runs: Alice's, its seed's fresh ones, or none."""
+    if frozen == 0:
+        return None
+    return ("seed", m.spec.seed) if m.spec.mode == "random-frozen" else ("alice", m.spec.alice_id)
+
+
+# 2. The grouped network --------------------------------------------------------------------------
+
+def _program(model: nn.Module, frozen: int) -> tuple:
+    """The tail (layers frozen..L-1) as a flat tuple of ops; names are state-dict prefixes."""
+    ops = []
+    for i in range(frozen, len(model.layers)):
+        layer = model.layers[i]
+        leaves = [(f"layers.{i}", layer)] if isinstance(layer, Head) else \
+            [(f"layers.{i}.{j}", m) for j, m in enumerate(layer)]
+        for name, m in leaves:
+            if isinstance(m, Head):
+                ops.append(("head", name, m.pool))
+            elif isinstance(m, nn.Linear):
+                ops.append(("linear", name))
+            elif isinstance(m, nn.Conv2d):
+                ops.append(("conv", name, m.stride, m.padding, m.dilation))
+            elif isinstance(m, nn.BatchNorm2d):
+                ops.append(("bn", name, m.momentum, m.eps))
+            elif isinstance(m, (nn.ReLU, nn.Flatten)):
+                ops.append((type(m).__name__.lower(), name))
+            else:
+                raise EngineError(f"batched training has no rule for {type(m).__name__}; "
+                                  "train this architecture one run at a time")
+    return tuple(ops)
+
+
+def _grouped(program: tuple, name: str) -> bool:
+    """Conv and BN tensors are concatenated over members ([K*O, ...]), linear ones stacked."""
+    return any(op[0] in ("conv", "bn") and name.startswith(op[1] + ".") for op in program)
+
+
+def _pack(program, states: list[dict], names: list[str]) -> dict[str, Tensor]:
+    join = lambda n, ts: torch.cat(ts) if _grouped(program, n) else torch.stack(ts)  # noqa: E731
+    return {n: join(n, [s[n] for s in states]).contiguous() for n in names}
+
+
+def _arrange(x: Tensor, first_op: str) -> Tensor:
+    """Per-member inputs [K, B, ...] into the tail's layout: [B, K*C, H, W] channels-last for a
+    convolution, [K, B, ...] otherwise."""
+    if first_op != "conv":
+        return x
+    K, B, C, H, W = x.shape
+    x = x.permute(1, 3, 4, 0, 2).reshape(B, H, W, K * C)  # memory order B, H, W, K, C
+    return x.permute(0, 3, 1, 2)
+
+
+def _forward(program, params, buffers, x: Tensor, K: int, train: bool):
+    """Logits [K, B, n_classes] and (train) the updated BN running statistics."""
+    new_buffers = {}
+    for op in program:
+        kind, name = op[0], op[1]
+        if kind == "conv":
+            x = F.conv2d(x, params[name + ".weight"], params.get(name + ".bias"), op[2], op[3],
+                         op[4], groups=K)
+        elif kind == "bn":
+            rm, rv = buffers[name + ".running_mean"], buffers[name + ".running_var"]
+            if train:  # F.batch_norm updates the statistics in place: update fresh copies
+                rm, rv = rm.clone(), rv.clone()
+                new_buffers.update({name + ".running_mean": rm, name + ".running_var": rv})
+            x = F.batch_norm(x, rm, rv, params[name + ".weight"], params[name + ".bias"], train,
+                             op[2], op[3])
+        elif kind == "relu":
+            x = F.relu(x)
+        elif kind == "flatten":  # [K, B, C, H, W] -> [K, B, C*H*W], as nn.Flatten per member
+            x = x.flatten(2)
+        else:  # linear or head
+            if kind == "head":
+                if x.dim() == 4:  # [B, K*C, h, w] -> [K, B, C, h, w]
+                    x = x.unflatten(1, (K, -1)).transpose(0, 1)
+                x = x.mean(dim=(3, 4)) if op[2] else x.flatten(2)
+            w, b = params[name + ".weight"], params[name + ".bias"]
+            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+    return x, new_buffers
+
+
+# 3. The step -------------------------------------------------------------------------------------
+
+def _step(program, optimizer, params, buffers, opt, x, y, hyper):
+    """One SGD/Adam step for every member. x [K, B, ...] tail inputs, y [K, B]; hyper (float32):
+    [lr, Adam step size lr / (1 - beta1^t), sqrt(1 - beta2^t)]. Returns (params, buffers, opt,
+    mean loss [K], n correct [K])."""
+    K = y.shape[0]
+
+    def total_loss(p):
+        with _autocast(x.device):
+            logits, new_buffers = _forward(program, p, buffers, _arrange(x, program[0][0]), K,
+                                           True)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        loss = loss.view(K, -1).mean(1)
+        # Members are independent, so the gradient of the sum is each member's own gradient.
+        return loss.sum(), (loss.detach(), (logits.argmax(-1) == y).sum(1), new_buffers)
+
+    grads, (_, (loss, correct, new_buffers)) = torch.func.grad_and_value(
+        total_loss, has_aux=True)(params)
+    lr, step_size, bc2_sqrt = hyper[0], hyper[1], hyper[2]
+    if optimizer == "sgd":  # torch.optim.SGD: buf = momentum * buf + g; p -= lr * buf
+        bufs = {n: opt["buf"][n].mul(SGD_MOMENTUM).add(g) for n, g in grads.items()}
+        new = {n: params[n] - lr * bufs[n] for n in params}
+        return new, {**buffers, **new_buffers}, {"buf": bufs}, loss, correct
+    b1, b2 = ADAM_BETAS  # torch.optim.Adam (single-tensor): lerp, addcmul, addcdiv
+    m = {n: torch.lerp(opt["m"][n], g, 1 - b1) for n, g in grads.items()}
+    v = {n: torch.addcmul(opt["v"][n].mul(b2), g, g, value=1 - b2) for n, g in grads.items()}
+    new = {n: params[n] - step_size * (m[n] / (v[n].sqrt() / bc2_sqrt + ADAM_EPS)) for n in params}
+    return new, {**buffers, **new_buffers}, {"m": m, "v": v}, loss, correct
+
+
+_STEPS: dict[tuple, Callable] = {}
+
+
+def _step_fn(program, optimizer: str, device: torch.device, compile: bool) -> Callable:
+    """The step for one program, compiled once per (program, optimizer, device type): dynamo then
+    recompiles only for a new group shape."""
+    key = (program, optimizer, device.type, compile)
+    if key not in _STEPS:
+        fn = lambda *a: _step(program, optimizer, *a)  # noqa: E731
+        if compile:
+            # Every program and group shape is one more entry on the same code object.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            mode = "reduce-overhead" if _is_cuda(device) else None  # CUDA graphs
+            fn = torch.compile(fn, fullgraph=True, backend="inductor", mode=mode)
+        _STEPS[key] = fn
+    return _STEPS[key]
+
+
+def _hyper_table(optimizer: str, lr: float, steps: int, device) -> Tensor:
+    """[steps, 3] float32 rows of `_step`'s hyper, computed in float64 as torch.optim does."""
+    rows = []
+    for t in range(1, steps + 1):
+        b1, b2 = ADAM_BETAS
+        rows.append([lr, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)])
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+# 4. Data -----------------------------------------------------------------------------------------
+
+def subset_positions(n_data: int, n: int | None, seed: int, device) -> Tensor:
+    """The rows `DeviceData.subset(n, seed)` takes, in its order (the same CPU draw)."""
+    if n is None:
+        return torch.arange(n_data, device=device)
+    return draw_subset(n_data, n, seed).to(device)
+
+
+@dataclass
+class Group:
+    """A group's live state; `on_step` hooks and tests may read or swap members' slices
+    (stacked tensors: `t.unflatten(0, (K, -1))[k]` is member k's)."""
+    members: list[Member]
+    frozen: int
+    program: tuple
+    template: dict[str, Tensor]  # member 0's initial state dict: names and shapes
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]  # BN running statistics of the tail
+    opt: dict[str, dict[str, Tensor]]  # "buf" (SGD) or "m", "v" (Adam) -> name -> stacked
+    tracked: list[dict[str, Tensor]]  # per member: initial BN num_batches_tracked
+    prefixes: dict  # source -> Runner over a model holding that source's frozen layers
+    generators: list[torch.Generator]  # per member: shuffling, as in `fit`
+    rows: Tensor  # [K, n]: member k's j-th subset sample's row in `feats` (or in its split)
+    labels: Tensor  # labels of `feats` rows (uncached: [K, n], each member's subset)
+    feats: Tensor | None = None  # frozen-prefix outputs (or normalised inputs); None: per step
+    steps: int = 0
+    wall_s: float = 0.0
+    train_metrics: list[dict] = field(default_factory=list)
+
+
+def _setup(members: list[Member], budget: int) -> Group:
+    m0 = members[0]
+    device, spec = m0.train.device, m0.spec
+    frozen = _key(m0)[6]
+    model = build_model(spec.arch, m0.train.input_shape, m0.n_classes, depth=spec.depth,
+                        width=spec.width, global_pool=spec.global_pool)
+    model = model.to(device, memory_format=_memory_format(device))
+    program = _program(model, frozen)
+    states, prefixes = [], {}
+    for m in members:
+        prepare_bob(model, m.alice_state, retrain_from=m.spec.retrain_from, mode=m.spec.mode,
+                    seed=m.spec.seed)
+        states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        src = _source(m, frozen)
+        if src is not None and src not in prefixes:
+            prefixes[src] = make_runner(copy.deepcopy(model).eval(), frozen)
+    tail = [n for n in states[0] if int(n.split(".")[1]) >= frozen]
+    pnames = [n for n, _ in model.named_parameters() if n in tail]
+    bnames = [n for n in tail if n not in pnames and not n.endswith("num_batches_tracked")]
+    params = _pack(program, states, pnames)
+    subsets = [subset_positions(len(m.train), m.spec.n_bob, m.spec.seed, device) for m in members]
+    group = Group(
+        members=members, frozen=frozen, program=program, template=states[0], params=params,
+        buffers=_pack(program, states, bnames),
+        opt={k: {n: torch.zeros_like(p) for n, p in params.items()}
+             for k in (("buf",) if spec.optimizer == "sgd" else ("m", "v"))},
+        tracked=[{n: t for n, t in s.items() if n.endswith("num_batches_tracked")} for s in states],
+        prefixes=prefixes,
+        generators=[torch.Generator().manual_seed(m.spec.seed) for m in members],  # CPU draws
+        rows=torch.stack(subsets),
+        labels=torch.stack([m.train.labels[LABEL][s] for m, s in zip(members, subsets)]))
+    _cache_features(group, subsets, budget)
+    return group
+
+
+def _prefix_out(group: Group, m: Member, data: DeviceData, rows) -> Tensor:
+    x = data.inputs(rows)
+    src = _source(m, group.frozen)
+    if src is None:
+        return x
+    with torch.no_grad(), _autocast(data.device):
+        return group.prefixes[src].prefix(x)
+
+
+def _cache_features(group: Group, subsets: list[Tensor], budget: int) -> None:
+    """Prefix outputs once per (source, dataset) over the union of its members' subsets, all in
+    one tensor `feats`, if they fit `budget` bytes; else `feats` stays None (prefix per step)."""
+    users: dict[tuple, list[int]] = {}
+    for k, m in enumerate(group.members):
+        users.setdefault((_source(m, group.frozen), id(m.train)), []).append(k)
+    first = _prefix_out(group, group.members[0], group.members[0].train, slice(0, 1))
+    union = {u: torch.cat([subsets[k] for k in ks]).unique() for u, ks in users.items()}
+    if sum(len(v) for v in union.values()) * first[0].numel() * first.element_size() > budget:
+        return
+    feats, labels, rows, offset = [], [], [None] * len(subsets), 0
+    for (src, _), ks in users.items():
+        m, idx = group.members[ks[0]], union[(src, id(group.members[ks[0]].train))]
+        if src is None:  # scratch: the normalised inputs themselves
+            feats.append(m.train.inputs(idx))
+        else:
+            part = DeviceData(m.train.images[idx], {}, m.train.mean, m.train.std)
+            feats.append(frozen_features(group.prefixes[src], part, budget))
+        labels.append(m.train.labels[LABEL][idx])
+        for k in ks:
+            rows[k] = offset + torch.searchsorted(idx, subsets[k])
+        offset += len(idx)
+    group.feats, group.labels, group.rows = torch.cat(feats), torch.cat(labels), torch.stack(rows)
+
+
+def _inputs(group: Group, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Tail inputs [K, B, ...] and labels [K, B] at subset positions `pos` [K, B]."""
+    rows = group.rows.gather(1, pos)  # rows of `feats`, or (uncached) of its own split
+    if group.feats is not None:
+        return group.feats[rows], group.labels[rows]
+    x = torch.stack([_prefix_out(group, m, m.train, r) for m, r in zip(group.members, rows)])
+    return x, group.labels.gather(1, pos)
+
+
+# 5. Training -------------------------------------------------------------------------------------
+
+def _run(group: Group, compile: bool, on_step: Callable | None = None) -> None:
+    spec, device = group.members[0].spec, group.rows.device
+    K, n = group.rows.shape
+    step_fn = _step_fn(group.program, spec.optimizer, device, compile)
+    n_steps = spec.epochs * max(1, n // spec.batch_size)
+    hyper = _hyper_table(spec.optimizer, spec.lr, n_steps, device)
+
+    def batches():  # one epoch: every member's own order, as `fit` draws it
+        order = torch.stack([torch.stack(epoch_batches(n, spec.batch_size, g, device))
+                             for g in group.generators])  # [K, steps, B] subset positions
+        for s in range(order.shape[1]):
+            yield _inputs(group, order[:, s])
+
+    def step(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if compile and _is_cuda(device):
+            torch.compiler.cudagraph_mark_step_begin()
+        group.params, group.buffers, group.opt, loss, right = step_fn(
+            group.params, group.buffers, group.opt, x, y, hyper[group.steps])
+        group.steps += 1
+        if on_step is not None:
+            on_step(group.steps - 1, loss, group)
+        return loss * y.shape[1], right  # as `fit`: summed loss over the samples seen
+
+    start = time.perf_counter()
+    last = run_epochs(spec.epochs, batches, step)
+    group.wall_s = time.perf_counter() - start
+    seen = last["seen"]
+    for ls, c in zip((last["loss_sum"] / seen).tolist(), (last["correct"] / seen).tolist()):
+        group.train_metrics.append(dict(train_loss=ls, train_acc=c, seen=seen))
+    # Own copies: under CUDA graphs the step's outputs live in memory the next replay reuses.
+    group.params = {n: t.clone() for n, t in group.params.items()}
+    group.buffers = {n: t.clone() for n, t in group.buffers.items()}
+
+
+def member_state(group: Group, k: int) -> dict[str, Tensor]:
+    """Member k's whole state dict, as the serial path's model.state_dict() would be."""
+    K, m = len(group.members), group.members[k]
+    src = _source(m, group.frozen)
+    out = dict(group.prefixes[src].model.state_dict()) if src is not None else {}
+    for n, t in {**group.params, **group.buffers}.items():
+        out[n] = t.unflatten(0, (K, -1))[k].reshape(group.template[n].shape)
+    for n, t in group.tracked[k].items():
+        if int(n.split(".")[1]) >= group.frozen:
+            t = t + group.steps  # one per step in train mode
+        out[n] = t
+    return {n: out[n] for n in group.template}
+
+
+def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
+    """Bytes of one member's tail weights with their gradient and optimizer state, of its
+    activations per sample, and of one sample's frozen features (all float32)."""
+    spec = m.spec
+    model = build_model(spec.arch, m.train.input_shape, m.n_classes, depth=spec.depth,
+                        width=spec.width, global_pool=spec.global_pool).eval()
+    x = m.train.inputs(slice(0, 1)).cpu()
+    with torch.no_grad():
+        acts = [x] + model.activations(x)  # acts[i]: the input of layer i
+    weights = sum(p.numel() for p in model.layers[frozen:].parameters()) * 4 * STATE_COPIES
+    act = sum(a.numel() for a in acts[frozen:]) * 4 * ACTIVATION_COPIES
+    return weights, act, acts[frozen].numel() * 4
+
+
+def _plan(members: list[Member], budget: int, max_group: int | None) -> list[list[int]]:
+    """Consecutive member indices per group, each within `budget` bytes (features counted as if
+    every member needed its own: an upper bound) and `max_group` members."""
+    m0 = members[0]
+    weights, act, feat = _sizes(m0, _key(m0)[6])
+    per_member = weights + act * m0.spec.batch_size + feat * (m0.spec.n_bob or len(m0.train))
+    cap = max(1, min(budget // per_member, max_group or len(members)))
+    return [list(range(i, min(i + cap, len(members)))) for i in range(0, len(members), cap)]
+
+
+def train_group(members: list[Member], device, *, max_group: int | None = None,
+                compile: bool | None = None, on_step: Callable | None = None,
+                return_state: bool = False) -> list[dict]:
+    """Train and evaluate `members` (one `group_key`); metrics per member as `run_bob` returns,
+    in order. Members are sorted so those sharing frozen features train together; groups are
+    sized to `feature_budget(device)` and halved on CUDA out-of-memory. `compile` None: on CUDA.
+    `on_step(step, loss [K], group)` runs after each step (read `loss` at once: under CUDA
+    graphs the next step reuses its memory); `return_state` adds "state" (`member_state`)."""
+    if not members:
+        return []
+    device = torch.device(device)
+    keys = {_key(m) for m in members}
+    if len(keys) != 1:
+        raise EngineError(f"members of one group must share a group_key; got {len(keys)} keys")
+    compile = _is_cuda(device) if compile is None else compile
+    frozen = _key(members[0])[6]
+    order = sorted(range(len(members)), key=lambda k: (
+        str(_source(members[k], frozen)), id(members[k].train), k))
+    budget = feature_budget(device)
+    results: dict[int, dict] = {}
+
+    def run(idx: list[int]) -> None:
+        try:
+            group = _setup([members[order[i]] for i in idx], budget)
+            _run(group, compile, on_step)
+            out = _evaluate(group, budget)
+        except torch.cuda.OutOfMemoryError:
+            if len(idx) == 1:
+                raise
+            torch.cuda.empty_cache()
+            run(idx[: len(idx) // 2])  # members are deterministic: retrying loses nothing
+            run(idx[len(idx) // 2:])
+            return
+        for k, (i, metrics) in enumerate(zip(idx, out)):
+            if return_state:
+                metrics["state"] = member_state(group, k)
+            results[order[i]] = metrics
+
+    for idx in _plan([members[i] for i in order], budget, max_group):
+        run(idx)
+    return [results[k] for k in range(len(members))]
+
+
+# 6. Evaluation -----------------------------------------------------------------------------------
+
+def _evaluate(group: Group, budget: int) -> list[dict]:
+    """Test accuracy and mean cross-entropy per member, all layers in eval mode; members whose
+    test splits differ in length are evaluated in separate passes."""
+    start = time.perf_counter()
+    K, device = len(group.members), group.rows.device
+    per_sample = _sizes(group.members[0], 0)[1]
+    chunk = max(1, min(CHUNK, budget // (per_sample * K)))  # samples per pass
+    loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
+    correct = torch.zeros(K, dtype=torch.int64, device=device)
+    n_test = [len(m.test) for m in group.members]
+    for length in set(n_test):
+        ks = [k for k in range(K) if n_test[k] == length]
+        sel = torch.tensor(ks, device=device)
+        params = {n: t.unflatten(0, (K, -1))[sel].flatten(0, 1) if _grouped(group.program, n)
+                  else t[sel] for n, t in group.params.items()}
+        buffers = {n: t.unflatten(0, (K, -1))[sel].flatten(0, 1)
+                   for n, t in group.buffers.items()}
+        with torch.no_grad(), _autocast(device):
+            for lo in range(0, length, chunk):
+                shared: dict[tuple, Tensor] = {}
+                for k in ks:  # the prefix once per (source, test split)
+                    m = group.members[k]
+                    u = (_source(m, group.frozen), id(m.test))
+                    if u not in shared:
+                        shared[u] = _prefix_out(group, m, m.test, slice(lo, lo + chunk))
+                x = torch.stack([shared[(_source(group.members[k], group.frozen),
+                                         id(group.members[k].test))] for k in ks])
+                y = torch.stack([group.members[k].test.labels[LABEL][lo:lo + chunk] for k in ks])
+                logits, _ = _forward(group.program, params, buffers,
+                                     _arrange(x, group.program[0][0]), len(ks), False)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                       reduction="none").view(len(ks), -1).sum(1)
+                loss_sum[sel] += loss.double()
+                correct[sel] += (logits.argmax(-1) == y).sum(1)
+    wall = group.wall_s + time.perf_counter() - start
+    out = []
+    for k, m in enumerate(group.members):
+        tm = group.train_metrics[k]
+        out.append({"n_layers": n_layers(m.spec.arch, m.spec.depth, m.spec.width,
+                                         m.spec.global_pool),
+                    "n_bob": group.rows.shape[1], "test_acc": correct[k].item() / n_test[k],
+                    "test_loss": loss_sum[k].item() / n_test[k], "train_acc": tm["train_acc"],
+                    "train_loss": tm["train_loss"], "wall_s": wall / K,
+                    "samples_per_s": m.spec.epochs * tm["seen"] * K / group.wall_s})
+    return out
