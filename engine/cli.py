@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for toy.csv and the two figures")
 
     _add_analyze(sub)
+    from engine.studies import case_study
+    case_study.add_parser(sub)
     return parser
 
 
@@ -413,7 +415,12 @@ def _analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"analyze": _analyze, "build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
+def _case_study(args) -> int:
+    from engine.studies.case_study import handle
+    return handle(args)
+
+
+COMMANDS = {"analyze": _analyze, "case-study": _case_study, "build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
             "sweep": _sweep, "results": _results, "report": _report, "toy": _toy,
             "manifold-sweep": _manifold_sweep}
 

@@ -141,6 +141,8 @@ def _base(world, command: str) -> list[str]:
         "manifold-sweep": ["manifold-sweep", "--n-target", "10", "--out", "{tmp}/out"],
         "results": ["results", "{tmp}/nothing"],
         "report": ["report", "{tmp}/nothing"],
+        "case-study": ["case-study", "cats-dogs", "--data-root", "{tmp}/no-data", "--seeds", "0",
+                       "--n-bob", "10", "--alice-epochs", "1", "--out", "{tmp}/out"],
     }[command]
 
 
@@ -182,6 +184,14 @@ FLAGS = {
                        "--out": st.sampled_from(["{file}", "{file}/sub"])},
     "results": {"dir": st.sampled_from(["{tmp}/missing", "{file}"])},
     "report": {"dir": st.sampled_from(["{tmp}/missing", "{file}"])},
+    "case-study": {"study": bad_choice(["cats-dogs"]), "--n-bob": bad_list("count"),
+                   "--seeds": bad_list("seed"), "--noise": bad_list("prob"),
+                   "--image-size": bad_choice(["32", "64"]),
+                   "--arch": bad_choice(["cnn", "resnet18"]), "--alice-epochs": bad_int(1, 100_000),
+                   "--passes": bad_int(1), "--min-epochs": bad_int(1, 100_000),
+                   "--device": bad_choice(["auto", "cpu", "cuda"]),
+                   "--executor": bad_choice(["batched", "serial"]),
+                   "--out": st.sampled_from(["{file}", "{file}/sub"])},
 }
 
 ANALYZE = {"--max-samples": bad_int(1, 10**7), "--beta": bad_list("prob"),
@@ -252,6 +262,7 @@ SWEEP = {"--betas": bad_list("prob"), "--layers": bad_list("count"), "--seeds": 
          "--n-train": bad_int(1), "--n-test": bad_int(1),
          "--block-shuffle": st.sampled_from(["0", "x", "3", "-1", "16"]),
          "--device-budget-gb": bad_float(0, open_lo=True), "--max-group": bad_int(1),
+         "--executor": bad_choice(["serial", "batched", "ray"]),
          "--out": st.sampled_from(["{file}", "{file}/sub"])}
 
 

@@ -84,14 +84,15 @@ def read_manifest(dataset: Path) -> dict:
     return validate_manifest(manifest, path)
 
 
-def is_complete(dataset: Path, spec) -> bool:
-    """True when the manifest exists, records `spec`, and every split file has its recorded size.
-    (Cheap; `verify_dataset` checks the contents.)"""
+def is_complete(dataset: Path, spec, field: str = "spec") -> bool:
+    """True when the manifest exists, records `spec` under `field` ("task" for single-image task
+    datasets), and every split file has its recorded size. (Cheap; `verify_dataset` checks the
+    contents.)"""
     try:
         manifest = read_manifest(dataset)
     except EngineError:
         return False
-    if manifest.get("spec") != spec.to_dict():
+    if manifest.get(field) != spec.to_dict() or not manifest.get("splits"):
         return False
     for split in manifest["splits"].values():
         f = Path(dataset) / split["file"]

@@ -25,6 +25,7 @@ from engine.errors import EngineError
 from engine.train.freeze import prepare_bob, set_train_mode
 from engine.data.manifest import read_manifest
 from engine.train.models import build_model
+from engine.threads import keep_freed_memory
 from engine.spec import AliceSpec
 from engine.train.stream import StreamData, evaluate_stream
 from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate,
@@ -190,6 +191,8 @@ def train_alice(spec: AliceSpec, train, test, n_classes: int, save_epochs: Itera
     log(f"training Alice {spec.id}: {spec.arch} on {len(train)} samples, {spec.epochs} epochs")
     if 0 in save_epochs:
         save(0, {})
+    if device.type == "cpu":
+        keep_freed_memory()  # as `fit`: no page faults re-allocating each step's activations
     t0 = time.perf_counter()
     opt = make_optimizer(params, spec.optimizer, spec.lr, device)
     set_train_mode(model, 0)
