@@ -21,10 +21,18 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.done = 0
         self.start = time.monotonic()
+        self._rate_from = (self.start, 0)  # (time, done) the ETA's rate is measured from
+
+    def restart_eta(self) -> None:
+        """Measure the ETA's rate from now on (e.g. after a set-up stage that is not per-step)."""
+        self._rate_from = (time.monotonic(), self.done)
 
     def line(self, note: str = "") -> str:
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / self.done * (self.total - self.done) if self.done else None
+        now = time.monotonic()
+        elapsed = now - self.start
+        since, done_then = self._rate_from
+        steps = self.done - done_then
+        eta = (now - since) / steps * (self.total - self.done) if steps > 0 else None
         frac = self.done / self.total if self.total else 1.0
         bar = "#" * int(frac * WIDTH) + "-" * (WIDTH - int(frac * WIDTH))
         text = (f"[{bar}] {self.done}/{self.total} {self.label} {frac:4.0%} "

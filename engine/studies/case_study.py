@@ -49,7 +49,7 @@ CIFAR10_NPZ = "CIFAR10/cifar10_test.npz"
 
 # Defaults, chosen so that the whole study fits 30 minutes on a 2-core CPU (see the README).
 DEFAULTS = dict(arch="cnn", n_bobs=(100, 500, None), seeds=(0, 1), image_size=32, noise=(0.5,),
-                alice_epochs=8, alice_optimizer="adam", passes=4000, min_epochs=2,
+                alice_epochs=6, alice_optimizer="adam", passes=3000, min_epochs=2,
                 optimizer="sgd", batch_size=64)
 
 

@@ -170,6 +170,7 @@ def execute(out, specs: Iterable[BobSpec], alices: Iterable[AliceSpec],
                           tuple(save_epochs))
             runner = EXECUTORS[executor]()
             runner.pretrain(p.alices, ctx)  # stage 2
+            bar.restart_eta()  # the rate of Bob's runs, not of Alices' pre-training
             for spec, metrics in runner.map(p.units, ctx):  # stage 3
                 recorder.record(spec, metrics)
                 for copy in pending_copies.pop(spec.run_id, []):
