@@ -129,19 +129,24 @@ def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextI
             raise EngineError(f"--n-bob {max(too_big)} exceeds the {size} training samples of "
                               f"{d.name}; use at most {size} or 'all'")
     write_bytes(out / "sweep.json", sweep.to_json().encode())
+    options = ({k: getattr(sweep, k) for k in ("ray_address", "cpus_per_unit", "gpus_per_unit",
+                                                "max_retries")} if sweep.executor == "ray" else {})
     return execute(out, planner.expand(sweep, keys), planner.alices(sweep, keys), dirs,
-                   executor=sweep.executor, device=device, save_epochs=sweep.alice_save_epochs,
-                   budget_gb=sweep.device_budget_gb, max_group=sweep.max_group, stderr=stderr)
+                   executor=sweep.executor, executor_options=options, device=device,
+                   save_epochs=sweep.alice_save_epochs, budget_gb=sweep.device_budget_gb,
+                   max_group=sweep.max_group, stderr=stderr)
 
 
 def execute(out, specs: Iterable[BobSpec], alices: Iterable[AliceSpec],
             dataset_dirs: dict[str, Path], *, executor: str = "batched",
-            device: str | torch.device = "auto", save_epochs: Iterable[int] = (),
+            executor_options: dict | None = None, device: str | torch.device = "auto",
+            save_epochs: Iterable[int] = (),
             budget_gb: float | None = None, max_group: int | None = None,
             stderr: TextIO | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Stages 2 and 3 for `specs`: pre-train each needed Alice on `dataset_dirs[alice.dataset]`
     (alice_label), train every run not yet stored on `dataset_dirs[spec.dataset]` (bob_label) and
-    record it. Returns counts: total, done_before, ran (rows recorded now, copies included)."""
+    record it. `executor_options` go to the executor (the Ray executor's address and resources).
+    Returns counts: total, done_before, ran (rows recorded now, copies included)."""
     stderr = stderr or sys.stderr
     log = log or log_to(stderr)
     if executor not in EXECUTORS:
@@ -168,7 +173,7 @@ def execute(out, specs: Iterable[BobSpec], alices: Iterable[AliceSpec],
                     pending_copies.setdefault(copy.source, []).append(copy)
             ctx = Context(out, dataset_dirs, device, budget_gb, max_group, bar.write,
                           tuple(save_epochs))
-            runner = EXECUTORS[executor]()
+            runner = EXECUTORS[executor](**(executor_options or {}))
             runner.pretrain(p.alices, ctx)  # stage 2
             bar.restart_eta()  # the rate of Bob's runs, not of Alices' pre-training
             for spec, metrics in runner.map(p.units, ctx):  # stage 3
