@@ -89,16 +89,24 @@ def train_unit(unit: WorkUnit, train, test, n_classes: int, alice_state: dict | 
         cache = cache or CompiledModelCache(device)
         return [(s, run_bob(s, train, test, n_classes=n_classes, alice_state=alice_state,
                             cache=cache, device=device)) for s in unit.specs]
-    from engine.train import batched as b
+    from engine.train.batched import Member
+    return list(train_groups([Member(s, train, test, alice_state, n_classes) for s in unit.specs],
+                             device, max_group))
+
+
+def train_groups(members: Iterable, device: torch.device,
+                 max_group: int | None) -> Iterator[Result]:
+    """Batched-trainer members bucketed by group shape (engine.train.batched.group_key), each
+    bucket trained as one group; (spec, metrics) per member."""
+    from engine.train import batched
     groups: dict[tuple, list] = {}
-    for s in unit.specs:
-        key = b.group_key(s, train.input_shape, n_classes, s.n_bob or len(train))
-        groups.setdefault(key, []).append(b.Member(s, train, test, alice_state, n_classes))
-    out: list[Result] = []
-    for members in groups.values():
-        metrics = b.train_group(members, device, max_group=max_group)
-        out += [(m.spec, r) for m, r in zip(members, metrics)]
-    return out
+    for m in members:
+        key = batched.group_key(m.spec, m.train.input_shape, m.n_classes,
+                                m.spec.n_bob or len(m.train))
+        groups.setdefault(key, []).append(m)
+    for bucket in groups.values():
+        metrics = batched.train_group(bucket, device, max_group=max_group)
+        yield from ((m.spec, r) for m, r in zip(bucket, metrics))
 
 
 # Inputs of units ---------------------------------------------------------------------------------
@@ -206,27 +214,20 @@ class BatchedExecutor(Executor):
         serial_cache = CompiledModelCache(ctx.device)
         for chunk in self._chunks(list(units), ctx):
             inputs.keep_only({u.dataset for u in chunk}, {u.alice_id for u in chunk})
-            groups: dict[tuple, list[batched.Member]] = {}
+            members: list[batched.Member] = []
             for unit in chunk:
                 train, test, classes = inputs.dataset(unit.dataset)
                 if isinstance(train, StreamData):
                     yield from SerialExecutor.run_unit(unit, inputs, serial_cache)
                     continue
                 alice = inputs.alice(unit.alice_id)
-                alone = [s for s in unit.specs if not batchable(s, ctx.device)]
+                alone = tuple(s for s in unit.specs if not batchable(s, ctx.device))
                 if alone:
                     yield from SerialExecutor.run_unit(WorkUnit(unit.dataset, unit.alice_id,
-                                                                tuple(alone)), inputs, serial_cache)
-                for spec in unit.specs:
-                    if spec in alone:
-                        continue
-                    key = batched.group_key(spec, train.input_shape, classes,
-                                            spec.n_bob or len(train))
-                    groups.setdefault(key, []).append(
-                        batched.Member(spec, train, test, alice, classes))
-            for members in groups.values():
-                metrics = batched.train_group(members, ctx.device, max_group=ctx.max_group)
-                yield from ((m.spec, r) for m, r in zip(members, metrics))
+                                                                alone), inputs, serial_cache)
+                members += [batched.Member(s, train, test, alice, classes)
+                            for s in unit.specs if s not in alone]
+            yield from train_groups(members, ctx.device, ctx.max_group)
 
     @staticmethod
     def _chunks(units: list[WorkUnit], ctx: Context) -> Iterator[list[WorkUnit]]:
