@@ -68,7 +68,7 @@ def test_engine_build_data(benchmark, tmp_path):
 
     result = benchmark.pedantic(lambda: engine.build_data("mnist:fashion", 0.75, data_root=ROOT,
                                                           out=tmp_path),
-                                setup=fresh, rounds=5, iterations=1)
+                                setup=fresh, rounds=15, iterations=1)
     nbytes = sum(f.stat().st_size for f in result.glob("*.beton"))
     _report(benchmark, N + 10_000, nbytes)
 

@@ -9,6 +9,7 @@ Resolution order for roots: explicit argument, then environment variable, then a
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def cache_dir() -> Path:
 def source_cache(key: str) -> Path:
     """Directory holding one decoded source split (images.npy, labels.npy, meta.json)."""
     return cache_dir() / "sources" / key
+
+
+def checksum_entry(tag: str) -> Path:
+    """File memoising one source file's SHA-256; `tag` names the file's path, size and mtime."""
+    return cache_dir() / "checksums" / hashlib.sha256(tag.encode()).hexdigest()[:32]
 
 
 def datasets_out(arg: str | os.PathLike | None = None) -> Path:

@@ -202,17 +202,30 @@ def test_sweep_killed_at_random_moments_then_resumed(pair, sweep_reference, tmp_
 def test_two_sweeps_on_one_directory_record_every_run_once(pair, sweep_reference, tmp_path,
                                                            second):
     out = tmp_path / "s"
-    first = subprocess.Popen(_cmd("sweep", "--pair", pair, *SWEEP, "--out", out),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out.mkdir()
     other = [*SWEEP]
     other[other.index("--layers") + 1] = second[1]
-    time.sleep(0.2)
-    r2 = cli("sweep", "--pair", pair, *other, "--out", out)
-    _, err1 = first.communicate(timeout=300)
-    assert first.returncode == 0 and r2.returncode == 0, (err1, r2.stderr)
+    logs = [tmp_path / "first.err", tmp_path / "second.err"]
+    # The test holds the directory's lock until both sweeps have said that they wait for it, so
+    # that they really run at the same time (started 0.2 s apart, a fast first sweep could finish
+    # before the second had imported torch), then lets them race for it.
+    with output_lock(out, log=None):
+        procs = []
+        for args, log in zip((SWEEP, other), logs):
+            with open(log, "w") as err:
+                procs.append(subprocess.Popen(_cmd("sweep", "--pair", pair, *args, "--out", out),
+                                              stdout=subprocess.DEVNULL, stderr=err))
+        deadline = time.monotonic() + 240
+        while not all(f"locked by pid {os.getpid()} " in log.read_text() for log in logs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                [log.read_text()[-500:] for log in logs]
+            time.sleep(0.1)
+    for proc in procs:
+        proc.wait(timeout=300)
+    errs = [log.read_text() for log in logs]
+    assert all(proc.returncode == 0 for proc in procs), errs
     ids = [row["run_id"] for row in _runs(out)]
     assert len(ids) == len(set(ids))
-    assert "waiting for" in err1 + r2.stderr  # one of them waited, naming the holder
     metrics, _ = sweep_reference
     got = _metrics(out)
     assert all(got[k] == v for k, v in metrics.items() if k in got)

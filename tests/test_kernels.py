@@ -67,7 +67,10 @@ def test_cramers_v_extremes():
 
 LAYOUTS = [((28, 28, 1), (28, 28, 1), "pad"), ((28, 28, 1), (32, 32, 3), "pad"),
            ((32, 32, 3), (28, 28, 1), "pad"), ((28, 28, 1), (32, 32, 3), "resize"),
-           ((32, 20, 3), (28, 28, 1), "resize"), ((16, 40, 1), (32, 32, 1), "resize")]
+           ((32, 20, 3), (28, 28, 1), "resize"), ((16, 40, 1), (32, 32, 1), "resize"),
+           # two unpadded halves: the specialised kernel in words of 4, 8, 2 and 1 byte(s)
+           ((32, 32, 3), (32, 32, 3), "pad"), ((30, 30, 1), (30, 30, 1), "pad"),
+           ((7, 7, 1), (7, 7, 1), "pad")]
 
 
 @pytest.mark.parametrize("left_shape,right_shape,fit", LAYOUTS)

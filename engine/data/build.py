@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -232,12 +233,18 @@ def _build(target: Path, spec: DataSpec, splits, layout: Layout, root: Path, per
     results = {}
     finals = [paths.split_file(target, split) for split in SPLITS]
     with staged(finals, marker=paths.manifest_file(target)) as temps:
-        for split, tmp in zip(SPLITS, temps):
-            n = spec.n_train if split == "train" else spec.n_test
-            results[split] = _write_split(tmp, split, splits["left", split], splits["right", split],
-                                          layout, spec, n)
-            log(f"{split}: {n} samples written in {results[split]['write_seconds']:.2f} s "
-                f"({_rate(results[split]['samples_per_s'])} samples/s)")
+        # Both splits at once: their pages share the writer's pool, so one split's serial parts
+        # (pairing, metadata, allocation table, label statistics) overlap the other's pages.
+        with ThreadPoolExecutor(len(SPLITS), thread_name_prefix="build-split") as pool:
+            futures = {split: pool.submit(_write_split, tmp, split, splits["left", split],
+                                          splits["right", split], layout, spec,
+                                          spec.n_train if split == "train" else spec.n_test)
+                       for split, tmp in zip(SPLITS, temps)}
+            for split, future in futures.items():
+                results[split] = future.result()
+                log(f"{split}: {results[split]['samples']} samples written in "
+                    f"{results[split]['write_seconds']:.2f} s "
+                    f"({_rate(results[split]['samples_per_s'])} samples/s)")
 
     total = time.perf_counter() - started
     manifest = _manifest(spec, splits, layout, results, root, total, perm, draws)

@@ -1,13 +1,14 @@
-"""SHA-256 of files, with a cache for source files keyed by (path, size, mtime) so that a second
-build does not re-read the sources to checksum them."""
+"""SHA-256 of files, memoised for source files by (path, size, mtime) so that a build does not
+re-read its sources to checksum them. One small file per source file under the cache directory:
+a single JSON of every file ever seen grew with every test's temporary sources (500 kB, parsed
+by every build)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from engine import paths
-from engine.atomic import write_json
+from engine.atomic import write_bytes
 
 CHUNK = 8 << 20  # bytes per read
 
@@ -20,26 +21,31 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def source_checksums(files: list[Path]) -> list[dict]:
-    """[{path, bytes, sha256}] for source files, memoised in the engine's cache directory."""
-    store = paths.cache_dir() / "checksums.json"
+def _memoised(tag: str) -> str | None:
     try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
-    out, changed = [], False
+        stored_tag, _, value = paths.checksum_entry(tag).read_text().partition("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    value = value.strip()
+    ok = stored_tag == tag and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return value if ok else None
+
+
+def source_checksums(files: list[Path]) -> list[dict]:
+    """[{path, bytes, sha256}] for source files."""
+    out = []
     for f in files:
         f = Path(f).resolve()
         st = f.stat()
         tag = f"{f}|{st.st_size}|{st.st_mtime_ns}"
-        if tag not in known:
-            known[tag] = sha256_file(f)
-            changed = True
-        out.append({"path": str(f), "bytes": st.st_size, "sha256": known[tag]})
-    if changed:
-        try:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            write_json(store, known)
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
+        value = _memoised(tag)
+        if value is None:
+            value = sha256_file(f)
+            entry = paths.checksum_entry(tag)
+            try:
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(entry, f"{tag}\n{value}\n".encode())
+            except OSError:
+                pass  # a read-only cache only costs a re-hash next time
+        out.append({"path": str(f), "bytes": st.st_size, "sha256": value})
     return out

@@ -27,6 +27,23 @@ def chunk_digest(data) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+def hasher():
+    """An incremental hasher of one piece: `update` it with the piece's bytes in order, then
+    `digest()` equals `chunk_digest` of the whole piece."""
+    return xxhash.xxh3_128()
+
+
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def update_zeros(h, count: int) -> None:
+    """Feed `count` zero bytes to the hasher `h` (e.g. a page's unused tail, left as a hole)."""
+    while count > 0:
+        step = min(count, len(_ZEROS))
+        h.update(_ZEROS[:step])
+        count -= step
+
+
 def combine(size: int, digests: list[bytes], chunk: int = CHUNK) -> str:
     """The file digest from its size and the digests of its pieces, in order."""
     h = xxhash.xxh3_128()
