@@ -117,7 +117,8 @@ def _batched(members: list[Member], perturb=None, after_step=None, budget=None) 
     """One group through batched's own stages, so tests can perturb it; members in order.
     `budget` (bytes) None: the device's; 0: no frozen-feature cache (the prefix runs per step)."""
     budget = trainer.feature_budget(torch.device("cpu")) if budget is None else budget
-    group = batched._setup(members, budget)
+    cache = batched._feature_cache(members, batched._key(members[0])[6], budget, "cpu")
+    group = batched._setup(members, budget, cache)
     losses = [[] for _ in members]
 
     def on_step(s, loss, g):
@@ -129,7 +130,7 @@ def _batched(members: list[Member], perturb=None, after_step=None, budget=None) 
     if perturb is not None:
         perturb(group)
     batched._run(group, False, on_step)
-    out = batched._evaluate(group, budget)
+    out = batched._evaluate(group, budget, cache)
     return [{**o, "losses": losses[k], "state": member_state(group, k), "frozen": group.frozen}
             for k, o in enumerate(out)]
 
@@ -237,7 +238,13 @@ def test_head_only_group_of_50(monkeypatch):
     assert group.feats.shape[0] <= 2 * N_TRAIN and group.feats.shape[1:] == (32,)
     for k in (0, 1, 26, 49):
         _check(out[k], _serial(members[k], monkeypatch))
+    calls, features = [], batched.frozen_features
+    monkeypatch.setattr(batched, "frozen_features",
+                        lambda *a: calls.append(len(a[1])) or features(*a))
     public = train_group(members, "cpu", max_group=16)  # 4 groups
+    # The 4 groups share the prefix outputs: once per (Alice, dataset) for training, once per
+    # (Alice, test split) for evaluation.
+    assert sorted(calls) == [N_TEST, N_TEST, N_TRAIN, N_TRAIN], calls
     for k in (0, 49):
         for key in ("test_acc", "test_loss", "train_loss"):
             assert public[k][key] == pytest.approx(out[k][key], rel=1e-6, abs=1e-6)

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from engine.errors import EngineError
 from engine.spec import BobSpec, frozen_prefix, n_layers
+from engine.threads import keep_freed_memory
 from engine.train.freeze import prepare_bob
 from engine.train.models import Head, build_model
 from engine.train.trainer import (CHUNK, SGD_MOMENTUM, DeviceData, _autocast, _is_cuda,
@@ -153,8 +154,15 @@ def _forward(program, params, buffers, x: Tensor, K: int, train: bool):
                 if x.dim() == 4:  # [B, K*C, h, w] -> [K, B, C, h, w]
                     x = x.unflatten(1, (K, -1)).transpose(0, 1)
                 x = x.mean(dim=(3, 4)) if op[2] else x.flatten(2)
+            # As W x^T, transposed back: autograd's weight gradient is then grad^T x, which
+            # MKL runs 2.4x faster than x^T grad for a head's [10 x 12544] weights (fwd + bwd of
+            # the reference cnn's head, K = 16: 18.6 ms instead of 40.7; square layers: equal).
             w, b = params[name + ".weight"], params[name + ".bias"]
-            x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+            if x.stride(0) == 0:  # one input for all members (evaluation): one matmul
+                out = torch.addmm(b.flatten().unsqueeze(1), w.flatten(0, 1), x[0].t())
+                x = out.unflatten(0, (K, -1)).transpose(1, 2)
+            else:
+                x = torch.baddbmm(b.unsqueeze(2), w, x.transpose(1, 2)).transpose(1, 2)
     return x, new_buffers
 
 
@@ -247,7 +255,34 @@ class Group:
     train_metrics: list[dict] = field(default_factory=list)
 
 
-def _setup(members: list[Member], budget: int) -> Group:
+class FeatureCache:
+    """Frozen-prefix outputs shared by every group of one `train_group` call: per (prefix source,
+    split), the prefix's output over the rows that call's members use (training: the union of
+    their subsets; evaluation: the whole test split), within `budget` bytes in all. An entry is
+    dropped once no member still to train uses it."""
+
+    def __init__(self, budget: int, wanted: dict[tuple, Tensor], users: dict[tuple, int]):
+        self.budget, self.wanted, self.users = budget, wanted, users
+        self.entries: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # rows, feats, labels
+
+    def bytes(self) -> int:
+        return sum(f.numel() * f.element_size() for _, f, _ in self.entries.values())
+
+    def fits(self, rows: int, sample_bytes: int) -> bool:
+        return self.bytes() + rows * sample_bytes <= self.budget
+
+    def done(self, keys) -> None:
+        for key in keys:
+            self.users[key] -= 1
+            if not self.users[key]:
+                self.entries.pop(key, None)
+
+
+def _feature_key(m: Member, frozen: int, data: DeviceData) -> tuple:
+    return (_source(m, frozen), id(data))
+
+
+def _setup(members: list[Member], budget: int, cache: FeatureCache) -> Group:
     m0 = members[0]
     device, spec = m0.train.device, m0.spec
     frozen = _key(m0)[6]
@@ -278,7 +313,7 @@ def _setup(members: list[Member], budget: int) -> Group:
         generators=[torch.Generator().manual_seed(m.spec.seed) for m in members],  # CPU draws
         rows=torch.stack(subsets),
         labels=torch.stack([m.train.labels[LABEL][s] for m, s in zip(members, subsets)]))
-    _cache_features(group, subsets, budget)
+    _cache_features(group, subsets, cache)
     return group
 
 
@@ -291,36 +326,55 @@ def _prefix_out(group: Group, m: Member, data: DeviceData, rows) -> Tensor:
         return group.prefixes[src].prefix(x)
 
 
-def _cache_features(group: Group, subsets: list[Tensor], budget: int) -> None:
-    """Prefix outputs once per (source, dataset) over the union of its members' subsets, all in
-    one tensor `feats`, if they fit `budget` bytes; else `feats` stays None (prefix per step)."""
+def _prefix_all(group: Group, m: Member, data: DeviceData, idx: Tensor, budget: int) -> Tensor:
+    """The tail's inputs for rows `idx` of `data` (prefix outputs, or normalised inputs when
+    nothing is frozen), in NCHW order unless the tail starts with a convolution: the tail
+    flattens them, so a gathered batch is then a view, not a copy (copying channels-last rows
+    took 45% of a head-only step on the CPU)."""
+    src = _source(m, group.frozen)
+    if src is None:
+        x = data.inputs(idx)
+    else:
+        part = DeviceData(data.images[idx], {}, data.mean, data.std)
+        x = frozen_features(group.prefixes[src], part, budget)
+    return x if group.program[0][0] == "conv" else x.contiguous()
+
+
+def _cache_features(group: Group, subsets: list[Tensor], cache: FeatureCache) -> None:
+    """Point the group at its members' cached prefix outputs (computing the missing ones over
+    every row any member of the call uses), all in one tensor `feats`, if they fit the cache's
+    budget; else `feats` stays None (prefix per step)."""
     users: dict[tuple, list[int]] = {}
     for k, m in enumerate(group.members):
-        users.setdefault((_source(m, group.frozen), id(m.train)), []).append(k)
+        users.setdefault(_feature_key(m, group.frozen, m.train), []).append(k)
     first = _prefix_out(group, group.members[0], group.members[0].train, slice(0, 1))
-    union = {u: torch.cat([subsets[k] for k in ks]).unique() for u, ks in users.items()}
-    if sum(len(v) for v in union.values()) * first[0].numel() * first.element_size() > budget:
+    missing = [u for u in users if u not in cache.entries]
+    if not cache.fits(sum(len(cache.wanted[u]) for u in missing), first[0].numel() * first.element_size()):
         return
+    for u in missing:
+        m, idx = group.members[users[u][0]], cache.wanted[u]
+        cache.entries[u] = (idx, _prefix_all(group, m, m.train, idx, cache.budget),
+                            m.train.labels[LABEL][idx])
     feats, labels, rows, offset = [], [], [None] * len(subsets), 0
-    for (src, _), ks in users.items():
-        m, idx = group.members[ks[0]], union[(src, id(group.members[ks[0]].train))]
-        if src is None:  # scratch: the normalised inputs themselves
-            feats.append(m.train.inputs(idx))
-        else:
-            part = DeviceData(m.train.images[idx], {}, m.train.mean, m.train.std)
-            feats.append(frozen_features(group.prefixes[src], part, budget))
-        labels.append(m.train.labels[LABEL][idx])
+    for u, ks in users.items():
+        idx, f, y = cache.entries[u]
+        feats.append(f)
+        labels.append(y)
         for k in ks:
             rows[k] = offset + torch.searchsorted(idx, subsets[k])
         offset += len(idx)
-    group.feats, group.labels, group.rows = torch.cat(feats), torch.cat(labels), torch.stack(rows)
+    one = len(feats) == 1  # the common case (members sorted by source): no copy
+    group.feats = feats[0] if one else torch.cat(feats)
+    group.labels = labels[0] if one else torch.cat(labels)
+    group.rows = torch.stack(rows)
 
 
 def _inputs(group: Group, pos: Tensor) -> tuple[Tensor, Tensor]:
     """Tail inputs [K, B, ...] and labels [K, B] at subset positions `pos` [K, B]."""
     rows = group.rows.gather(1, pos)  # rows of `feats`, or (uncached) of its own split
-    if group.feats is not None:
-        return group.feats[rows], group.labels[rows]
+    if group.feats is not None:  # index_select: 3x faster than feats[rows] for 50 kB rows
+        x = group.feats.index_select(0, rows.flatten())
+        return x.unflatten(0, rows.shape), group.labels[rows]
     x = torch.stack([_prefix_out(group, m, m.train, r) for m, r in zip(group.members, rows)])
     return x, group.labels.gather(1, pos)
 
@@ -375,6 +429,21 @@ def member_state(group: Group, k: int) -> dict[str, Tensor]:
     return {n: out[n] for n in group.template}
 
 
+def _feature_cache(members: list[Member], frozen: int, budget: int, device) -> FeatureCache:
+    """A FeatureCache for `members`: the rows each (source, split) is wanted for, and by how many
+    members."""
+    wanted: dict[tuple, list[Tensor]] = {}
+    users: dict[tuple, int] = {}
+    for m in members:
+        for data in (m.train, m.test):
+            key = _feature_key(m, frozen, data)
+            users[key] = users.get(key, 0) + 1
+            rows = (subset_positions(len(m.train), m.spec.n_bob, m.spec.seed, device)
+                    if data is m.train else torch.arange(len(m.test), device=device))
+            wanted.setdefault(key, []).append(rows)
+    return FeatureCache(budget, {k: torch.cat(v).unique() for k, v in wanted.items()}, users)
+
+
 def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
     """Bytes of one member's tail weights with their gradient and optimizer state, of its
     activations per sample, and of one sample's frozen features (all float32)."""
@@ -390,11 +459,11 @@ def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
 
 
 def _plan(members: list[Member], budget: int, max_group: int | None) -> list[list[int]]:
-    """Consecutive member indices per group, each within `budget` bytes (features counted as if
-    every member needed its own: an upper bound) and `max_group` members."""
+    """Consecutive member indices per group, each within `budget` bytes and `max_group` members.
+    Frozen features are not counted: the FeatureCache holds them within its own budget."""
     m0 = members[0]
-    weights, act, feat = _sizes(m0, _key(m0)[6])
-    per_member = weights + act * m0.spec.batch_size + feat * (m0.spec.n_bob or len(m0.train))
+    weights, act, _ = _sizes(m0, _key(m0)[6])
+    per_member = weights + act * m0.spec.batch_size
     cap = max(1, min(budget // per_member, max_group or len(members)))
     return [list(range(i, min(i + cap, len(members)))) for i in range(0, len(members), cap)]
 
@@ -414,20 +483,24 @@ def train_group(members: list[Member], device, *, max_group: int | None = None,
     if len(keys) != 1:
         raise EngineError(f"members of one group must share a group_key; got {len(keys)} keys")
     compile = _is_cuda(device) if compile is None else compile
+    if device.type == "cpu":
+        keep_freed_memory()  # each step gathers K batches of features: no page faults per step
     frozen = _key(members[0])[6]
     order = sorted(range(len(members)), key=lambda k: (
         str(_source(members[k], frozen)), id(members[k].train), k))
     budget = feature_budget(device)
+    cache = _feature_cache(members, frozen, budget, device)
     results: dict[int, dict] = {}
 
     def run(idx: list[int]) -> None:
         try:
-            group = _setup([members[order[i]] for i in idx], budget)
+            group = _setup([members[order[i]] for i in idx], budget, cache)
             _run(group, compile, on_step)
-            out = _evaluate(group, budget)
+            out = _evaluate(group, budget, cache)
         except torch.cuda.OutOfMemoryError:
             if len(idx) == 1:
                 raise
+            cache.entries.clear()
             torch.cuda.empty_cache()
             run(idx[: len(idx) // 2])  # members are deterministic: retrying loses nothing
             run(idx[len(idx) // 2:])
@@ -436,6 +509,7 @@ def train_group(members: list[Member], device, *, max_group: int | None = None,
             if return_state:
                 metrics["state"] = member_state(group, k)
             results[order[i]] = metrics
+        cache.done(_feature_key(m, frozen, d) for m in group.members for d in (m.train, m.test))
 
     for idx in _plan([members[i] for i in order], budget, max_group):
         run(idx)
@@ -444,11 +518,37 @@ def train_group(members: list[Member], device, *, max_group: int | None = None,
 
 # 6. Evaluation -----------------------------------------------------------------------------------
 
-def _evaluate(group: Group, budget: int) -> list[dict]:
+def _test_inputs(group: Group, cache: FeatureCache, ks: list[int], lo: int, hi: int) -> Tensor:
+    """Tail inputs [len(ks), hi - lo, ...] of test rows lo..hi-1 for members `ks`: from the
+    cache, else the prefix now, once per (source, test split); members that share one are given
+    one tensor expanded over them (`_forward` then runs one matmul for all)."""
+    keys = [_feature_key(group.members[k], group.frozen, group.members[k].test) for k in ks]
+    x = {}
+    for k, u in zip(ks, keys):
+        if u not in x:
+            m = group.members[k]
+            x[u] = (cache.entries[u][1][lo:hi] if u in cache.entries
+                    else _prefix_out(group, m, m.test, slice(lo, hi)))
+    if len(x) == 1:
+        one = next(iter(x.values()))
+        return one.unsqueeze(0).expand(len(ks), *one.shape)
+    return torch.stack([x[u] for u in keys])
+
+
+def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
     """Test accuracy and mean cross-entropy per member, all layers in eval mode; members whose
-    test splits differ in length are evaluated in separate passes."""
+    test splits differ in length are evaluated in separate passes. Test-split prefix outputs go
+    to the cache when they fit (the next group of the same source reuses them)."""
     start = time.perf_counter()
     K, device = len(group.members), group.rows.device
+    if group.frozen:
+        sample_bytes = group.feats[0].numel() * group.feats.element_size() if group.feats is not None else None
+        for m in group.members:
+            u = _feature_key(m, group.frozen, m.test)
+            if sample_bytes and u not in cache.entries and cache.fits(len(m.test), sample_bytes):
+                rows = cache.wanted[u]
+                cache.entries[u] = (rows, _prefix_all(group, m, m.test, rows, budget),
+                                    m.test.labels[LABEL][rows])
     per_sample = _sizes(group.members[0], 0)[1]
     chunk = max(1, min(CHUNK, budget // (per_sample * K)))  # samples per pass
     loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
@@ -463,14 +563,7 @@ def _evaluate(group: Group, budget: int) -> list[dict]:
                    for n, t in group.buffers.items()}
         with torch.no_grad(), _autocast(device):
             for lo in range(0, length, chunk):
-                shared: dict[tuple, Tensor] = {}
-                for k in ks:  # the prefix once per (source, test split)
-                    m = group.members[k]
-                    u = (_source(m, group.frozen), id(m.test))
-                    if u not in shared:
-                        shared[u] = _prefix_out(group, m, m.test, slice(lo, lo + chunk))
-                x = torch.stack([shared[(_source(group.members[k], group.frozen),
-                                         id(group.members[k].test))] for k in ks])
+                x = _test_inputs(group, cache, ks, lo, lo + chunk)
                 y = torch.stack([group.members[k].test.labels[LABEL][lo:lo + chunk] for k in ks])
                 logits, _ = _forward(group.program, params, buffers,
                                      _arrange(x, group.program[0][0]), len(ks), False)
