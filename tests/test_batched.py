@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from engine.spec import MODES, BobSpec, frozen_prefix, n_layers
-from engine.train import batched, trainer
+from engine.train import batched, features, trainer
 from engine.train.freeze import prepare_bob
 from engine.train.batched import Member, group_key, member_state, train_group
 from engine.train.models import build_model
@@ -238,9 +238,9 @@ def test_head_only_group_of_50(monkeypatch):
     assert group.feats.shape[0] <= 2 * N_TRAIN and group.feats.shape[1:] == (32,)
     for k in (0, 1, 26, 49):
         _check(out[k], _serial(members[k], monkeypatch))
-    calls, features = [], batched.frozen_features
-    monkeypatch.setattr(batched, "frozen_features",
-                        lambda *a: calls.append(len(a[1])) or features(*a))
+    calls, compute = [], features.frozen_features
+    monkeypatch.setattr(features, "frozen_features",
+                        lambda *a: calls.append(len(a[1])) or compute(*a))
     public = train_group(members, "cpu", max_group=16)  # 4 groups
     # The 4 groups share the prefix outputs: once per (Alice, dataset) for training, once per
     # (Alice, test split) for evaluation.
@@ -248,6 +248,41 @@ def test_head_only_group_of_50(monkeypatch):
     for k in (0, 49):
         for key in ("test_acc", "test_loss", "train_loss"):
             assert public[k][key] == pytest.approx(out[k][key], rel=1e-6, abs=1e-6)
+
+
+def test_deeper_groups_continue_from_shallower_prefix_outputs(monkeypatch):
+    from engine.sweep.executors import train_groups
+    members = [m for l in (3, 2) for m in _members("mlp", "sgd", 32, modes=("finetune",),
+                                                    retrain_from=l, epochs=1)]
+    calls, compute = [], features.frozen_features
+    monkeypatch.setattr(features, "frozen_features",
+                        lambda *a: calls.append(len(a[1])) or compute(*a))
+    alone = [r for l in (3, 2) for r in train_group(
+        [m for m in members if m.spec.retrain_from == l], "cpu")]
+    assert len(calls) == 8  # 2 depths x 2 Alices x 2 splits, each prefix from the images
+    calls.clear()
+    shared = [r for _, r in train_groups(members, "cpu", None)]
+    # Frozen depth 1 first; depth 2 continues from its outputs (layer 1 only).
+    assert len(calls) == 4
+    by_spec = {m.spec: r for m, r in zip(members, alone)}
+    for (spec, r) in zip([m.spec for m in sorted(members, key=lambda m: m.spec.retrain_from)],
+                         shared):
+        for key in ("test_acc", "test_loss", "train_loss"):
+            assert r[key] == pytest.approx(by_spec[spec][key], rel=1e-5, abs=1e-6), (spec, key)
+
+
+def test_prefix_store_serves_only_rows_it_computed():
+    store = features.PrefixStore(budget=1 << 20)
+    rows = torch.tensor([1, 3, 5, 7])
+    out = torch.arange(4.0).unsqueeze(1)
+    store.keep("k", rows, 2, out)
+    assert store.start("k", rows, 3)[0] == 2 and store.start("k", rows, 3)[1] is out
+    depth, part = store.start("k", torch.tensor([3, 7]), 2)
+    assert depth == 2 and part.flatten().tolist() == [1.0, 3.0]
+    assert store.start("k", torch.tensor([3, 4]), 3) == (0, None)  # row 4 never computed
+    assert store.start("k", rows, 1) == (0, None)  # stored deeper than asked
+    assert store.start("other", rows, 3) == (0, None)
+    features.PrefixStore(budget=8).keep("k", rows, 2, out)  # over budget: not kept, no error
 
 
 def test_train_group_public_api_and_state():

@@ -44,7 +44,8 @@ def _faults(variant: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_page_faults_in_training_steps():
-    default, kept = _faults("default"), _faults("keep")
     # Seen: 55k-157k faults by default (the first layer's 25 MB activations are mapped afresh at
-    # every step), 0-3k with the setting.
+    # every step), 0-15k with the setting; single interpreters vary, so compare medians of three.
+    default = sorted(_faults("default") for _ in range(3))[1]
+    kept = sorted(_faults("keep") for _ in range(3))[1]
     assert kept * 4 < default, (kept, default)

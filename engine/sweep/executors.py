@@ -99,13 +99,18 @@ def train_groups(members: Iterable, device: torch.device,
     """Batched-trainer members bucketed by group shape (engine.train.batched.group_key), each
     bucket trained as one group; (spec, metrics) per member."""
     from engine.train import batched
+    from engine.train.features import PrefixStore
+    from engine.train.trainer import feature_budget
     groups: dict[tuple, list] = {}
     for m in members:
         key = batched.group_key(m.spec, m.train.input_shape, m.n_classes,
                                 m.spec.n_bob or len(m.train))
         groups.setdefault(key, []).append(m)
-    for bucket in groups.values():
-        metrics = batched.train_group(bucket, device, max_group=max_group)
+    # Shallow frozen depths first: deeper groups continue from their prefix outputs.
+    store = PrefixStore(feature_budget(torch.device(device)) // 4)
+    for key in sorted(groups, key=lambda k: k[6]):
+        bucket = groups[key]
+        metrics = batched.train_group(bucket, device, max_group=max_group, store=store)
         yield from ((m.spec, r) for m, r in zip(bucket, metrics))
 
 

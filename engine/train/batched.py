@@ -41,12 +41,12 @@ from torch import Tensor, nn
 from engine.errors import EngineError
 from engine.spec import BobSpec, frozen_prefix, n_layers
 from engine.threads import keep_freed_memory
+from engine.train.features import FeatureCache, PrefixStore, prefix_outputs
 from engine.train.freeze import prepare_bob
 from engine.train.models import Head, build_model
 from engine.train.trainer import (CHUNK, SGD_MOMENTUM, DeviceData, _autocast, _is_cuda,
                                   _memory_format, draw_subset, epoch_batches, feature_budget,
-                                  frozen_features, run_epochs,
-                                  make_runner)
+                                  make_runner, run_epochs)
 
 LABEL = "bob_label"
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fit` uses
@@ -255,31 +255,10 @@ class Group:
     train_metrics: list[dict] = field(default_factory=list)
 
 
-class FeatureCache:
-    """Frozen-prefix outputs shared by every group of one `train_group` call: per (prefix source,
-    split), the prefix's output over the rows that call's members use (training: the union of
-    their subsets; evaluation: the whole test split), within `budget` bytes in all. An entry is
-    dropped once no member still to train uses it."""
-
-    def __init__(self, budget: int, wanted: dict[tuple, Tensor], users: dict[tuple, int]):
-        self.budget, self.wanted, self.users = budget, wanted, users
-        self.entries: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # rows, feats, labels
-
-    def bytes(self) -> int:
-        return sum(f.numel() * f.element_size() for _, f, _ in self.entries.values())
-
-    def fits(self, rows: int, sample_bytes: int) -> bool:
-        return self.bytes() + rows * sample_bytes <= self.budget
-
-    def done(self, keys) -> None:
-        for key in keys:
-            self.users[key] -= 1
-            if not self.users[key]:
-                self.entries.pop(key, None)
-
-
 def _feature_key(m: Member, frozen: int, data: DeviceData) -> tuple:
-    return (_source(m, frozen), id(data))
+    """Members with equal keys see the same frozen-prefix outputs: the prefix's layers (the
+    architecture and the source) and the split; the depth is the caller's."""
+    return (_key(m)[:6], _source(m, frozen), id(data))
 
 
 def _setup(members: list[Member], budget: int, cache: FeatureCache) -> Group:
@@ -326,7 +305,8 @@ def _prefix_out(group: Group, m: Member, data: DeviceData, rows) -> Tensor:
         return group.prefixes[src].prefix(x)
 
 
-def _prefix_all(group: Group, m: Member, data: DeviceData, idx: Tensor, budget: int) -> Tensor:
+def _prefix_all(group: Group, m: Member, data: DeviceData, idx: Tensor, budget: int,
+                store: PrefixStore | None) -> Tensor:
     """The tail's inputs for rows `idx` of `data` (prefix outputs, or normalised inputs when
     nothing is frozen), in NCHW order unless the tail starts with a convolution: the tail
     flattens them, so a gathered batch is then a view, not a copy (copying channels-last rows
@@ -335,8 +315,8 @@ def _prefix_all(group: Group, m: Member, data: DeviceData, idx: Tensor, budget: 
     if src is None:
         x = data.inputs(idx)
     else:
-        part = DeviceData(data.images[idx], {}, data.mean, data.std)
-        x = frozen_features(group.prefixes[src], part, budget)
+        x = prefix_outputs(group.prefixes[src], data, idx, budget, store,
+                           _feature_key(m, group.frozen, data))
     return x if group.program[0][0] == "conv" else x.contiguous()
 
 
@@ -353,7 +333,7 @@ def _cache_features(group: Group, subsets: list[Tensor], cache: FeatureCache) ->
         return
     for u in missing:
         m, idx = group.members[users[u][0]], cache.wanted[u]
-        cache.entries[u] = (idx, _prefix_all(group, m, m.train, idx, cache.budget),
+        cache.entries[u] = (idx, _prefix_all(group, m, m.train, idx, cache.budget, cache.store),
                             m.train.labels[LABEL][idx])
     feats, labels, rows, offset = [], [], [None] * len(subsets), 0
     for u, ks in users.items():
@@ -429,7 +409,8 @@ def member_state(group: Group, k: int) -> dict[str, Tensor]:
     return {n: out[n] for n in group.template}
 
 
-def _feature_cache(members: list[Member], frozen: int, budget: int, device) -> FeatureCache:
+def _feature_cache(members: list[Member], frozen: int, budget: int, device,
+                   store: PrefixStore | None = None) -> FeatureCache:
     """A FeatureCache for `members`: the rows each (source, split) is wanted for, and by how many
     members."""
     wanted: dict[tuple, list[Tensor]] = {}
@@ -441,7 +422,8 @@ def _feature_cache(members: list[Member], frozen: int, budget: int, device) -> F
             rows = (subset_positions(len(m.train), m.spec.n_bob, m.spec.seed, device)
                     if data is m.train else torch.arange(len(m.test), device=device))
             wanted.setdefault(key, []).append(rows)
-    return FeatureCache(budget, {k: torch.cat(v).unique() for k, v in wanted.items()}, users)
+    return FeatureCache(budget, {k: torch.cat(v).unique() for k, v in wanted.items()}, users,
+                        store)
 
 
 def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
@@ -470,12 +452,13 @@ def _plan(members: list[Member], budget: int, max_group: int | None) -> list[lis
 
 def train_group(members: list[Member], device, *, max_group: int | None = None,
                 compile: bool | None = None, on_step: Callable | None = None,
-                return_state: bool = False) -> list[dict]:
+                return_state: bool = False, store: PrefixStore | None = None) -> list[dict]:
     """Train and evaluate `members` (one `group_key`); metrics per member as `run_bob` returns,
     in order. Members are sorted so those sharing frozen features train together; groups are
     sized to `feature_budget(device)` and halved on CUDA out-of-memory. `compile` None: on CUDA.
     `on_step(step, loss [K], group)` runs after each step (read `loss` at once: under CUDA
-    graphs the next step reuses its memory); `return_state` adds "state" (`member_state`)."""
+    graphs the next step reuses its memory); `return_state` adds "state" (`member_state`).
+    `store`: prefix outputs kept across calls (engine.train.features.PrefixStore)."""
     if not members:
         return []
     device = torch.device(device)
@@ -489,7 +472,7 @@ def train_group(members: list[Member], device, *, max_group: int | None = None,
     order = sorted(range(len(members)), key=lambda k: (
         str(_source(members[k], frozen)), id(members[k].train), k))
     budget = feature_budget(device)
-    cache = _feature_cache(members, frozen, budget, device)
+    cache = _feature_cache(members, frozen, budget, device, store)
     results: dict[int, dict] = {}
 
     def run(idx: list[int]) -> None:
@@ -547,7 +530,7 @@ def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
             u = _feature_key(m, group.frozen, m.test)
             if sample_bytes and u not in cache.entries and cache.fits(len(m.test), sample_bytes):
                 rows = cache.wanted[u]
-                cache.entries[u] = (rows, _prefix_all(group, m, m.test, rows, budget),
+                cache.entries[u] = (rows, _prefix_all(group, m, m.test, rows, budget, cache.store),
                                     m.test.labels[LABEL][rows])
     per_sample = _sizes(group.members[0], 0)[1]
     chunk = max(1, min(CHUNK, budget // (per_sample * K)))  # samples per pass
