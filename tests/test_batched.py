@@ -285,6 +285,44 @@ def test_prefix_store_serves_only_rows_it_computed():
     features.PrefixStore(budget=8).keep("k", rows, 2, out)  # over budget: not kept, no error
 
 
+def test_serial_runs_share_prefix_outputs_through_a_store(monkeypatch):
+    """The batched executor's runs that train alone (conv tails on the CPU) take their frozen
+    prefix's outputs from a PrefixStore: same metrics as computing the prefix themselves."""
+    from engine.sweep.executors import run_bob
+    monkeypatch.setattr(features, "MIN_FLOPS_PER_BYTE", 0)  # the tiny test cnn: share anyway
+    (train, test), alice = DATA[0], _alice("cnn", 10)
+    specs = [BobSpec(alice_id="a" if mode != "random-frozen" else "", dataset="d", arch="cnn",
+                     retrain_from=l, mode=mode, n_bob=n_bob, seed=1, epochs=1,
+                     batch_size=BATCH, **ARCH_OPTIONS["cnn"])
+             for l in (2, 3) for mode in ("finetune", "reinit", "random-frozen")
+             for n_bob in (32, None)]
+    kw = dict(n_classes=10, cache=CompiledModelCache("cpu", compile=False),
+              device=torch.device("cpu"))
+    plain = [run_bob(s, train, test, alice_state=alice if s.alice_id else None, **kw)
+             for s in specs]
+    calls, compute = [], features.frozen_features
+    monkeypatch.setattr(features, "frozen_features",
+                        lambda *a: calls.append(len(a[1])) or compute(*a))
+    store = features.PrefixStore(1 << 30)
+    shared = [run_bob(s, train, test, alice_state=alice if s.alice_id else None, store=store,
+                      **kw) for s in specs]
+    # From the images only at depth 1, once per (source, split): Alice's and seed 1's, train
+    # and test; depth 2 continues from them, and runs sharing a source reuse its outputs.
+    assert sorted(calls) == [N_TEST, N_TEST, N_TRAIN, N_TRAIN], calls
+    for s, a, b in zip(specs, plain, shared):
+        for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (s, key)
+
+
+def test_prefix_outputs_are_shared_only_where_recomputing_costs_more():
+    from engine.train.trainer import make_runner
+    train = DeviceData.from_arrays(*two_half_arrays(8, 0), "cpu")
+    model = build_model("cnn", TWO_HALF_SHAPE, 10)  # the reference cnn
+    # One 3x3 conv of 1 -> 32 channels: 4.5 FLOP per output byte; two layers: 153.
+    assert not features.worth_sharing(make_runner(model, 1), train)
+    assert features.worth_sharing(make_runner(model, 2), train)
+
+
 def test_train_group_public_api_and_state():
     members = _members("cnn", "sgd", 32, seeds=(3,))
     groups = _groups(members)

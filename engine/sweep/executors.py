@@ -29,7 +29,8 @@ from engine.train.checkpoint import load_checkpoint
 from engine.train.freeze import prepare_bob
 from engine.train.stream import (StreamData, dataset_bytes, evaluate_stream, fit_stream,
                                  fits_on_device)
-from engine.train.trainer import CompiledModelCache, evaluate, fit
+from engine.train.features import PrefixStore, shared_inputs
+from engine.train.trainer import CompiledModelCache, evaluate, feature_budget, fit
 
 LABEL = "bob_label"
 Result = tuple[BobSpec, dict]
@@ -54,9 +55,11 @@ def n_classes(manifest: dict) -> int:
 # One Bob run -------------------------------------------------------------------------------------
 
 def run_bob(spec: BobSpec, train, test, *, n_classes: int, alice_state: dict | None,
-            cache: CompiledModelCache, device: torch.device) -> dict:
+            cache: CompiledModelCache, device: torch.device,
+            store: PrefixStore | None = None) -> dict:
     """Set up Bob's network per `spec`, train it on `spec.n_bob` samples of `train`, evaluate on
-    all of `test`; return the metrics for the results row."""
+    all of `test`; return the metrics for the results row. With a `store`, the frozen prefix's
+    outputs come from it where runs share them (engine.train.features.shared_inputs)."""
     L = n_layers(spec.arch, spec.depth, spec.width, spec.global_pool)
     frozen = frozen_prefix(L, spec.retrain_from, spec.mode)
     runner = cache.get(spec.arch, train.input_shape, n_classes, frozen_upto=frozen,
@@ -72,8 +75,12 @@ def run_bob(spec: BobSpec, train, test, *, n_classes: int, alice_state: dict | N
         m = fit_stream(model, params, data, LABEL, device=device, **options)
         test_acc, test_loss = evaluate_stream(model, test, LABEL, device=device, runner=runner)
     else:
-        m = fit(model, params, data, LABEL, **options)
-        test_acc, test_loss = evaluate(model, test, LABEL, runner=runner)
+        shared = (shared_inputs(runner, spec, train, test, n_classes, feature_budget(device), store)
+                  if store is not None else None)
+        m = fit(model, params, data, LABEL, **options,
+                features=None if shared is None else shared[0])
+        test_acc, test_loss = evaluate(model, test, LABEL, runner=runner,
+                                       features=None if shared is None else shared[1])
     return {"n_layers": L, "n_bob": len(data), "test_acc": test_acc, "test_loss": test_loss,
             "train_acc": m["train_acc"], "train_loss": m["train_loss"],
             "wall_s": time.perf_counter() - start, "samples_per_s": m["samples_per_s"]}
@@ -99,8 +106,6 @@ def train_groups(members: Iterable, device: torch.device,
     """Batched-trainer members bucketed by group shape (engine.train.batched.group_key), each
     bucket trained as one group; (spec, metrics) per member."""
     from engine.train import batched
-    from engine.train.features import PrefixStore
-    from engine.train.trainer import feature_budget
     groups: dict[tuple, list] = {}
     for m in members:
         key = batched.group_key(m.spec, m.train.input_shape, m.n_classes,
@@ -182,12 +187,20 @@ class SerialExecutor(Executor):
             yield from self.run_unit(unit, inputs, cache)
 
     @staticmethod
-    def run_unit(unit: WorkUnit, inputs: Inputs, cache: CompiledModelCache) -> Iterator[Result]:
+    def run_unit(unit: WorkUnit, inputs: Inputs, cache: CompiledModelCache,
+                 store: PrefixStore | None = None) -> Iterator[Result]:
+        """The unit's runs one after another; with a `store` (the batched executor's runs that
+        train alone), shallow frozen depths first, so that deeper ones continue from their
+        prefix outputs."""
         train, test, classes = inputs.dataset(unit.dataset)
         alice = inputs.alice(unit.alice_id)
-        for spec in unit.specs:
+        specs = unit.specs
+        if store is not None:
+            specs = sorted(specs, key=lambda s: frozen_prefix(
+                n_layers(s.arch, s.depth, s.width, s.global_pool), s.retrain_from, s.mode))
+        for spec in specs:
             yield spec, run_bob(spec, train, test, n_classes=classes, alice_state=alice,
-                                cache=cache, device=inputs.ctx.device)
+                                cache=cache, device=inputs.ctx.device, store=store)
 
 
 def batchable(spec: BobSpec, device: torch.device) -> bool:
@@ -228,8 +241,9 @@ class BatchedExecutor(Executor):
                 alice = inputs.alice(unit.alice_id)
                 alone = tuple(s for s in unit.specs if not batchable(s, ctx.device))
                 if alone:
+                    store = PrefixStore(feature_budget(ctx.device) // 4)
                     yield from SerialExecutor.run_unit(WorkUnit(unit.dataset, unit.alice_id,
-                                                                alone), inputs, serial_cache)
+                                                                alone), inputs, serial_cache, store)
                 members += [batched.Member(s, train, test, alice, classes)
                             for s in unit.specs if s not in alone]
             yield from train_groups(members, ctx.device, ctx.max_group)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from engine.errors import EngineError
 from engine.spec import BobSpec, frozen_prefix, n_layers
 from engine.threads import keep_freed_memory
-from engine.train.features import FeatureCache, PrefixStore, prefix_outputs
+from engine.train.features import FeatureCache, PrefixStore, prefix_outputs, source, source_key
 from engine.train.freeze import prepare_bob
 from engine.train.models import Head, build_model
 from engine.train.trainer import (CHUNK, SGD_MOMENTUM, DeviceData, _autocast, _is_cuda,
@@ -78,10 +78,7 @@ def _key(m: Member) -> tuple:
 
 
 def _source(m: Member, frozen: int):
-    """Whose frozen layers a member runs: Alice's, its seed's fresh ones, or none."""
-    if frozen == 0:
-        return None
-    return ("seed", m.spec.seed) if m.spec.mode == "random-frozen" else ("alice", m.spec.alice_id)
+    return source(m.spec, frozen)
 
 
 # 2. The grouped network --------------------------------------------------------------------------
@@ -256,9 +253,7 @@ class Group:
 
 
 def _feature_key(m: Member, frozen: int, data: DeviceData) -> tuple:
-    """Members with equal keys see the same frozen-prefix outputs: the prefix's layers (the
-    architecture and the source) and the split; the depth is the caller's."""
-    return (_key(m)[:6], _source(m, frozen), id(data))
+    return source_key(m.spec, m.train.input_shape, m.n_classes, frozen, data)
 
 
 def _setup(members: list[Member], budget: int, cache: FeatureCache) -> Group:

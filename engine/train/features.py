@@ -19,8 +19,72 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from engine.spec import BobSpec
 from engine.train.trainer import (CHUNK, DeviceData, Runner, _autocast, _memory_format,
-                                  frozen_features)
+                                  draw_subset, frozen_features)
+
+# Cached prefix outputs replace recomputing the prefix in a one-pass fit only when the prefix does
+# at least this many FLOPs per byte of output: gathering a batch of cached outputs streams them
+# from memory (~0.1 ns/byte on the 2-core CPU), recomputing costs ~0.01-0.02 ns/FLOP. The
+# reference cnn's first layer (4.5 FLOP/byte) is cheaper to recompute; two layers (154) are not.
+MIN_FLOPS_PER_BYTE = 32
+
+
+def source(spec: BobSpec, frozen: int):
+    """Whose frozen layers a run has: Alice's, its seed's fresh ones (random-frozen), or none."""
+    if frozen == 0:
+        return None
+    return ("seed", spec.seed) if spec.mode == "random-frozen" else ("alice", spec.alice_id)
+
+
+def source_key(spec: BobSpec, input_shape, n_classes: int, frozen: int, data) -> tuple:
+    """Runs with equal keys see the same frozen-prefix outputs: the prefix's layers (the
+    architecture and the source) and the split; the depth is the caller's."""
+    return (spec.arch, spec.depth, spec.width, spec.global_pool, tuple(input_shape), n_classes,
+            source(spec, frozen), id(data))
+
+
+_FLOPS: dict[tuple, float] = {}
+
+
+def worth_sharing(runner: Runner, data: DeviceData) -> bool:
+    """Whether `runner`'s prefix does MIN_FLOPS_PER_BYTE FLOPs per byte of its output (counted
+    once per architecture, input shape and depth with torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = runner.model
+    key = (tuple(type(m).__name__ for m in model.modules()), tuple(data.images.shape[1:]),
+           runner.frozen_upto)
+    if key not in _FLOPS:
+        x = data.inputs(slice(0, 1))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            out = nn.Sequential(*model.layers[:runner.frozen_upto]).eval()(x)
+        _FLOPS[key] = counter.get_total_flops() / max(1, out.numel() * out.element_size())
+    return _FLOPS[key] >= MIN_FLOPS_PER_BYTE
+
+
+def shared_inputs(runner: Runner, spec: BobSpec, train: DeviceData, test: DeviceData,
+                  n_classes: int, budget: int, store: PrefixStore
+                  ) -> tuple[Tensor, Tensor] | None:
+    """Prefix outputs for one run on its training subset (in `DeviceData.subset`'s order) and on
+    the whole test split, through `store`, which holds them for whole splits. None when the
+    prefix is cheaper to recompute (`worth_sharing`), when the run uses under half of the
+    training split (its own prefix pass is then cheaper than one over the whole split), or when
+    the outputs would exceed `budget`."""
+    frozen = runner.frozen_upto
+    if (not frozen or (spec.n_bob is not None and 2 * spec.n_bob < len(train))
+            or not worth_sharing(runner, train)):
+        return None
+    out = []
+    for data in (train, test):
+        key = source_key(spec, train.input_shape, n_classes, frozen, data)
+        rows = torch.arange(len(data), device=data.device)
+        feats = prefix_outputs(runner, data, rows, budget, store, key)
+        if feats is None:
+            return None
+        out.append(feats)
+    if spec.n_bob is not None:  # the subset's rows, in its order
+        out[0] = out[0][draw_subset(len(train), spec.n_bob, spec.seed).to(train.device)]
+    return out[0], out[1]
 
 
 def _nbytes(t: Tensor) -> int:
@@ -54,14 +118,17 @@ class PrefixStore:
 
 
 def prefix_outputs(runner: Runner, data: DeviceData, rows: Tensor, budget: int,
-                   store: PrefixStore | None, key: tuple) -> Tensor:
+                   store: PrefixStore | None, key: tuple) -> Tensor | None:
     """The output of `runner`'s frozen layers over rows `rows` (sorted) of `data`, continuing
-    from the store's deepest output of the same source and split when there is one."""
+    from the store's deepest output of the same source and split when there is one; None when
+    it would exceed `budget` bytes."""
     depth = runner.frozen_upto
     start, x = store.start(key, rows, depth) if store is not None else (0, None)
     if x is None:
         part = DeviceData(data.images[rows], {}, data.mean, data.std)
         out = frozen_features(runner, part, budget)
+        if out is None:  # over budget
+            return None
     elif start == depth:
         out = x
     else:

@@ -401,7 +401,8 @@ def _check_fit_args(model: LayeredNet, params: list[nn.Parameter], data: DeviceD
 def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: str, *,
         epochs: int, lr: float | None = None, optimizer: str = "sgd", batch_size: int = 128,
         seed: int, frozen_upto: int = 0, device: str | torch.device | None = None,
-        runner: Runner | None = None, feature_cache_bytes: int | None = None) -> dict:
+        runner: Runner | None = None, feature_cache_bytes: int | None = None,
+        features: Tensor | None = None) -> dict:
     """Train `params` of `model` on `data` to predict `label`; return last-epoch metrics.
 
     `frozen_upto` layers at the bottom are frozen (requires_grad False, eval mode); with two or more
@@ -411,7 +412,9 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
     1-epoch round of l = 1..5 took 76-78 s with it, 62-64 s without). `seed` drives the shuffling
     only; initial weights are the caller's (see `freeze.prepare_bob`). `lr` None means the
     optimizer's default (SGD 0.01 with momentum 0.9, Adam 1e-3). `runner` comes from a
-    `CompiledModelCache`; without one, the model runs uncompiled.
+    `CompiledModelCache`; without one, the model runs uncompiled. `features`: the frozen
+    prefix's outputs for every sample of `data`, computed by the caller (shared between runs:
+    engine.train.features), used instead of running the prefix.
     """
     lr = OPTIMIZERS.get(optimizer) if lr is None else lr
     _check_fit_args(model, params, data, label, epochs, lr, optimizer, batch_size, frozen_upto)
@@ -431,8 +434,10 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
     opt = make_optimizer(params, optimizer, lr, device)
     generator = torch.Generator().manual_seed(int(seed))
     labels = data.labels[label]
-    feats = None
-    if epochs > 1:
+    feats = features
+    if feats is not None and (not frozen_upto or len(feats) != len(data)):
+        raise ValueError("features must be the frozen prefix's outputs for every sample of data")
+    if feats is None and epochs > 1:
         budget = feature_budget(device) if feature_cache_bytes is None else feature_cache_bytes
         feats = frozen_features(runner, data, budget)
 
@@ -463,8 +468,9 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
 # 7. Evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 1024, *,
-             runner: Runner | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on all of `data`, in eval mode.
+             runner: Runner | None = None, features: Tensor | None = None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of `model` on all of `data`, in eval mode. `features`: the
+    runner's frozen-prefix outputs for every sample of `data` (only the tail then runs).
 
     Always eager: the test split's ragged last batch would add a compiled graph per dataset size,
     and evaluation is a small part of a run."""
@@ -474,6 +480,8 @@ def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 
         runner = make_runner(model, 0)
     elif runner.model is not model:
         raise ValueError("runner was made for another model")
+    if features is not None and (not runner.frozen_upto or len(features) != len(data)):
+        raise ValueError("features must be the runner's prefix outputs for every sample of data")
     device = data.device
     if device.type == "cpu":
         keep_freed_memory()  # reference cnn, 1024-sample passes: 870 us/sample without, 410 with
@@ -484,7 +492,8 @@ def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 
     with torch.no_grad(), _autocast(device):
         for start in range(0, len(data), batch_size):
             y = labels[start:start + batch_size]
-            logits = model(data.inputs(slice(start, start + batch_size)))
+            logits = (model(data.inputs(slice(start, start + batch_size))) if features is None
+                      else runner.tail(features[start:start + batch_size]))
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
     n = len(data)
