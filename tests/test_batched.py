@@ -118,7 +118,7 @@ def _batched(members: list[Member], perturb=None, after_step=None, budget=None) 
     `budget` (bytes) None: the device's; 0: no frozen-feature cache (the prefix runs per step)."""
     budget = trainer.feature_budget(torch.device("cpu")) if budget is None else budget
     cache = batched._feature_cache(members, batched._key(members[0])[6], budget, "cpu")
-    group = batched._setup(members, budget, cache)
+    group = batched._setup(members, cache)
     losses = [[] for _ in members]
 
     def on_step(s, loss, g):

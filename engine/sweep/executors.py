@@ -112,7 +112,7 @@ def train_groups(members: Iterable, device: torch.device,
                                 m.spec.n_bob or len(m.train))
         groups.setdefault(key, []).append(m)
     # Shallow frozen depths first: deeper groups continue from their prefix outputs.
-    store = PrefixStore(feature_budget(torch.device(device)) // 4)
+    store = PrefixStore(device=device)
     for key in sorted(groups, key=lambda k: k[6]):
         bucket = groups[key]
         metrics = batched.train_group(bucket, device, max_group=max_group, store=store)
@@ -241,7 +241,7 @@ class BatchedExecutor(Executor):
                 alice = inputs.alice(unit.alice_id)
                 alone = tuple(s for s in unit.specs if not batchable(s, ctx.device))
                 if alone:
-                    store = PrefixStore(feature_budget(ctx.device) // 4)
+                    store = PrefixStore(device=ctx.device)
                     yield from SerialExecutor.run_unit(WorkUnit(unit.dataset, unit.alice_id,
                                                                 alone), inputs, serial_cache, store)
                 members += [batched.Member(s, train, test, alice, classes)

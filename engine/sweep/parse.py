@@ -54,16 +54,21 @@ def parse_layers(text: str) -> str | list[int]:
     return "all" if str(text).strip().lower() == "all" else parse_ints(text, "layers", minimum=1)
 
 
-def parse_n_bobs(text: str) -> list[int | None]:
+def _positives_or(text: str, flag: str, keyword: str, what: str) -> list[int | None]:
+    """Comma-separated positive integers, `keyword` standing for None."""
     out = []
-    for t in _items(text, "n-bob"):
-        if t.lower() == "all":
+    for t in _items(text, flag):
+        if t.lower() == keyword:
             out.append(None)
         elif t.isdigit() and int(t) >= 1:
             out.append(int(t))
         else:
-            raise EngineError(f"--n-bob: {t!r} is not a positive integer or 'all'")
+            raise EngineError(f"--{flag}: {t!r} is not {what} or '{keyword}'")
     return out
+
+
+def parse_n_bobs(text: str) -> list[int | None]:
+    return _positives_or(text, "n-bob", "all", "a positive integer")
 
 
 def parse_names(text: str, flag: str, allowed: Sequence[str]) -> list[str]:
@@ -80,15 +85,8 @@ def parse_baselines(text: str) -> list[str]:
 
 def parse_block_shuffles(text: str) -> list[int | None]:
     """"1,4,none" -> [1, 4, None]: block sizes in pixels, 'none' = unshuffled."""
-    out = []
-    for t in _items(text, "block-shuffle"):
-        if t.lower() == "none":
-            out.append(None)
-        elif t.isdigit() and int(t) >= 1:
-            out.append(int(t))
-        else:
-            raise EngineError(f"--block-shuffle: {t!r} is not a positive block size or 'none'")
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(_positives_or(text, "block-shuffle", "none",
+                                            "a positive block size")))
 
 
 # From flags to a SweepSpec ------------------------------------------------------------------------

@@ -21,12 +21,14 @@ from torch import Tensor, nn
 
 from engine.spec import BobSpec
 from engine.train.trainer import (CHUNK, DeviceData, Runner, _autocast, _memory_format,
-                                  draw_subset, frozen_features)
+                                  draw_subset, feature_budget, frozen_features)
 
 # Cached prefix outputs replace recomputing the prefix in a one-pass fit only when the prefix does
-# at least this many FLOPs per byte of output: gathering a batch of cached outputs streams them
-# from memory (~0.1 ns/byte on the 2-core CPU), recomputing costs ~0.01-0.02 ns/FLOP. The
-# reference cnn's first layer (4.5 FLOP/byte) is cheaper to recompute; two layers (154) are not.
+# at least this many FLOPs per byte of output. Measured on the 2-core CPU for the reference cnn's
+# conv tails (one 2k-sample unit): at depth 2 (153 FLOP/byte) reading and recomputing cost about
+# the same; at depths 3-4 reading saved 20-55% of a run. Its first layer alone (4.5 FLOP/byte)
+# writes 200 kB per sample, more costly to stream back than to recompute. A rule of thumb, not a
+# measured crossover.
 MIN_FLOPS_PER_BYTE = 32
 
 
@@ -92,10 +94,12 @@ def _nbytes(t: Tensor) -> int:
 
 
 class PrefixStore:
-    """The deepest prefix output computed so far per (source, split), within `budget` bytes."""
+    """The deepest prefix output computed so far per (source, split), within `budget` bytes
+    (default: a quarter of `feature_budget(device)`, beside the FeatureCache's share); the
+    oldest entries make room for new ones."""
 
-    def __init__(self, budget: int):
-        self.budget = budget
+    def __init__(self, budget: int | None = None, device: str | torch.device = "cpu"):
+        self.budget = feature_budget(torch.device(device)) // 4 if budget is None else budget
         self.entries: dict[tuple, tuple[int, Tensor, Tensor]] = {}  # key -> depth, rows, output
 
     def start(self, key: tuple, rows: Tensor, depth: int) -> tuple[int, Tensor | None]:
@@ -112,9 +116,12 @@ class PrefixStore:
         return stored, out[pos]
 
     def keep(self, key: tuple, rows: Tensor, depth: int, out: Tensor) -> None:
-        others = sum(_nbytes(o) for k, (_, _, o) in self.entries.items() if k != key)
-        if others + _nbytes(out) <= self.budget:
-            self.entries[key] = (depth, rows, out)
+        self.entries.pop(key, None)
+        if _nbytes(out) > self.budget:
+            return
+        while sum(_nbytes(o) for _, _, o in self.entries.values()) + _nbytes(out) > self.budget:
+            del self.entries[next(iter(self.entries))]  # the oldest
+        self.entries[key] = (depth, rows, out)
 
 
 def prefix_outputs(runner: Runner, data: DeviceData, rows: Tensor, budget: int,
@@ -130,7 +137,7 @@ def prefix_outputs(runner: Runner, data: DeviceData, rows: Tensor, budget: int,
         if out is None:  # over budget
             return None
     elif start == depth:
-        out = x
+        return x  # served as stored: keep the entry, which may hold more rows
     else:
         layers = nn.Sequential(*runner.model.layers[start:depth]).eval()
         if x.dim() == 4:  # the layout the whole prefix would have computed in
@@ -148,8 +155,9 @@ class FeatureCache:
     in all. An entry is dropped once none of its `users` is still to train."""
 
     def __init__(self, budget: int, wanted: dict[tuple, Tensor], users: dict[tuple, int],
-                 store: PrefixStore | None = None):
+                 store: PrefixStore | None = None, subsets: dict[int, Tensor] | None = None):
         self.budget, self.wanted, self.users, self.store = budget, wanted, users, store
+        self.subsets = subsets or {}  # id(member) -> its training subset's rows, drawn once
         self.entries: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # rows, feats, labels
 
     def bytes(self) -> int:
