@@ -212,6 +212,8 @@ def test_local_instance_matches_serial(tiny_pair, serial_ref, ray_tmp, keep_exec
     trained = df.loc[df["computed_by"] == "", "run_id"]
     assert set(executor.placements) == set(trained)
     assert os.getpid() not in {w["pid"] for w in executor.placements.values()}  # ran in workers
+    rows = df.set_index("run_id")
+    assert all(rows.loc[r, "device"] == w["device"] for r, w in executor.placements.items())
     # The driver wrote the Alice checkpoints: a second run reuses everything, starting no Ray.
     assert main(sweep_argv(tiny_pair, out, "--executor", "ray")) == 0
     err = capsys.readouterr().err

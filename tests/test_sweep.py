@@ -376,3 +376,22 @@ def test_batched_executor_records_what_the_serial_one_does(tiny_pair, tmp_path):
     assert (serial["computed_by"] == batched["computed_by"]).all()
     assert np.allclose(serial["test_acc"], batched["test_acc"], atol=1 / 256 + 1e-9)
     assert np.allclose(serial["train_loss"], batched["train_loss"], rtol=1e-3, atol=1e-4)
+
+
+def test_rows_name_the_device_a_run_trained_on(tiny_pair, tmp_path, monkeypatch):
+    """An executor that trains elsewhere (Ray workers) reports each run's device; the row records
+    it, not the driver's, and so do the copies of that run."""
+    from engine.sweep import executors
+    real = executors.EXECUTORS["serial"]
+
+    class Remote(real):
+        def map(self, units, ctx):
+            for spec, metrics in super().map(units, ctx):
+                yield spec, {**metrics, "device": "cuda:Remote GPU"}
+
+    monkeypatch.setitem(executors.EXECUTORS, "serial", Remote)
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(tiny_pair, out, "--executor", "serial")) == 0
+    df = stored(out)
+    assert len(df) == 18 and (df["computed_by"] != "").any()
+    assert (df["device"] == "cuda:Remote GPU").all()

@@ -41,13 +41,17 @@ from engine.train.alice import device_name, resolve_device
 from engine.train.checkpoint import load_checkpoint
 
 METRICS = ("n_layers", "n_bob", "test_acc", "test_loss", "train_acc", "train_loss", "wall_s",
-           "samples_per_s")  # what an executor returns per run
+           "samples_per_s")  # what an executor returns per run; it may add "device", where the
+                             # run trained when that is not the driver's device (Ray workers)
 DRY_RUN_SHOWN = 5  # specs a dry run prints
 
 
 def make_row(spec: BobSpec, metrics: dict, manifest: dict, alice_test_acc: float,
              device: torch.device, executor: str) -> dict:
-    """A results row (engine.store.COLUMNS)."""
+    """A results row (engine.store.COLUMNS). `device`: the driver's, unless `metrics` names the
+    device the run trained on."""
+    metrics = dict(metrics)
+    trained_on = metrics.pop("device", None) or device_name(device)
     return {
         "run_id": spec.run_id, "alice_id": spec.alice_id, "dataset": spec.dataset,
         "pair": manifest["pair"], "beta": float(manifest["spec"]["beta"]),
@@ -56,7 +60,7 @@ def make_row(spec: BobSpec, metrics: dict, manifest: dict, alice_test_acc: float
         "epochs": spec.epochs, "optimizer": spec.optimizer, "lr": spec.lr,
         "batch_size": spec.batch_size, **metrics, "alice_test_acc": alice_test_acc,
         "chance": 1 / len(manifest["sources"]["right"]["classes"]),
-        "device": device_name(device), "executor": executor, "engine_version": __version__,
+        "device": trained_on, "executor": executor, "engine_version": __version__,
         "spec_json": canonical_json(spec.to_dict()),
     }
 
@@ -221,4 +225,5 @@ class _Recorder:
         """A run whose computation a stored run (`row`) did: its row takes that run's metrics."""
         if copy.spec.alice_id and copy.spec.alice_id not in self.alice_acc:
             self.alice_acc[copy.spec.alice_id] = float(row["alice_test_acc"])
-        self.record(copy.spec, {**{k: row[k] for k in METRICS}, "computed_by": copy.source})
+        self.record(copy.spec, {**{k: row[k] for k in METRICS}, "device": row["device"],
+                                "computed_by": copy.source})

@@ -53,7 +53,7 @@ from engine.errors import EngineError
 from engine.spec import AliceSpec
 from engine.sweep.executors import Context, Executor, Result, n_classes, train_unit
 from engine.sweep.plan import WorkUnit
-from engine.train.alice import is_complete, train_alice
+from engine.train.alice import device_name, is_complete, train_alice
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.train.trainer import CompiledModelCache, DeviceData
 
@@ -76,10 +76,11 @@ def _device() -> torch.device:
     return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
 
 
-def _where(started: float) -> dict:
+def _where(started: float, device: torch.device) -> dict:
     """Where and when a task ran (`started`, `ended`: seconds since the epoch)."""
     return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
-            "pid": os.getpid(), "cwd": os.getcwd(), "engine_version": __version__,
+            "pid": os.getpid(), "cwd": os.getcwd(), "device": device_name(device),
+            "engine_version": __version__,
             "started": started, "ended": time.time()}
 
 
@@ -118,7 +119,7 @@ def _alice_task(spec: AliceSpec, classes: int, save_epochs: tuple[int, ...],
             out["epochs"].append((epoch, _numpy(state), metrics))
 
     train_alice(spec, train, test, classes, save_epochs, device, write=keep)
-    return out.pop("state"), {**out, "where": _where(started)}
+    return out.pop("state"), {**out, "where": _where(started, device)}
 
 
 @ray.remote
@@ -132,7 +133,7 @@ def _unit_task(unit: WorkUnit, classes: int, arrays: dict, alice: dict | None,
         _caches[str(device)] = CompiledModelCache(device)
     batched = device.type == "cuda" if batched is None else batched
     return train_unit(unit, train, test, classes, state, device, batched=batched,
-                      max_group=max_group, cache=_caches[str(device)]), _where(started)
+                      max_group=max_group, cache=_caches[str(device)]), _where(started, device)
 
 
 # Driver side -------------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ class RayExecutor(Executor):
                     self._write_alice(self._alices[item.alice_id])  # before any of her runs
                 for spec, metrics in results:
                     self.placements[spec.run_id] = where
-                    yield spec, metrics
+                    yield spec, {**metrics, "device": where["device"]}
         finally:
             self._stop([r for r, item in pending.items() if isinstance(item, WorkUnit)]
                        + [a.state for a in self._alices.values() if a.record is not None])
