@@ -395,3 +395,23 @@ def test_rows_name_the_device_a_run_trained_on(tiny_pair, tmp_path, monkeypatch)
     df = stored(out)
     assert len(df) == 18 and (df["computed_by"] != "").any()
     assert (df["device"] == "cuda:Remote GPU").all()
+
+
+def test_up_front_check_counts_only_the_datasets_still_to_build(tiny_pair, tmp_path, monkeypatch,
+                                                                capsys):
+    """Datasets already built (however their sources were spelled) need no space; a dataset of
+    another size is not built even if its pair and beta are."""
+    from engine.data import resources
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(tiny_pair, out, "--layers", "1", "--modes", "finetune",
+                           "--baselines", "none")) == 0
+    monkeypatch.setattr(resources, "free_bytes", lambda where: 0)  # a full disk
+    monkeypatch.chdir(Path(tiny_pair.split(":")[1]).parent)
+    relative = "npz:a.npz:npz:b.npz"
+    capsys.readouterr()
+    assert main(sweep_argv(relative, out, "--layers", "1,2", "--modes", "finetune",
+                           "--baselines", "none")) == 0
+    assert main(sweep_argv(relative, out, "--n-train", "500")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "error: sweep (2 datasets to build) would write" in err[-1] and \
+        err[-1].endswith("free space"), err

@@ -124,27 +124,13 @@ def check_block_shuffles(pair: str, blocks, *, data_root=None, fit: str = "pad",
         shuffle_permutation(layout, b, 0)
 
 
-def image_shape(pair: str, *, data_root=None, fit: str = "pad", image_size: int = 32,
-                n_train: int | None = None, n_test: int | None = None
-                ) -> tuple[tuple[int, int, int], int, int]:
-    """((H, W, C) of a composed image, n_train, n_test) that `build_data` would give `pair`,
-    from the (cached) sources' shapes and sizes only: lets a sweep size its work first."""
-    root = paths.data_root(data_root)
-    left, right = (_canonical_source(s) for s in parse_pair(pair))
-    lt, rt = (sources.load(s, "train", root=root, image_size=image_size) for s in (left, right))
-    n_test = n_test or len(sources.load(left, "test", root=root, image_size=image_size).labels)
-    layout = plan_layout(lt.images.shape[1:], rt.images.shape[1:], fit)
-    return layout.shape, n_train or len(lt.labels), n_test
-
-
-def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
-               n_test: int | None = None, data_root=None, out=None, force: bool = False,
-               fit: str = "pad", image_size: int = 32, block_shuffle: int | None = None,
-               log=None) -> Path:
-    """Build (or reuse) a dataset and return its directory. See the module docstring.
-    block_shuffle: shuffle every composed image's B x B blocks with one fixed permutation
-    (engine.kernels.shuffle; 1 = pixel shuffle; None = off)."""
-    log = log or (lambda msg: None)
+def planned_dataset(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
+                    n_test: int | None = None, data_root=None, fit: str = "pad",
+                    image_size: int = 32, block_shuffle: int | None = None
+                    ) -> tuple[DataSpec, tuple[int, int, int]]:
+    """The DataSpec `build_data` builds for these arguments and the (H, W, C) of its composed
+    images, from the (cached) sources' shapes and sizes only: lets a sweep find what is built and
+    size what is not before any work. Arguments are checked as `build_data` checks them."""
     left, right = (_canonical_source(s) for s in parse_pair(pair))
     beta = _check_beta(beta)
     n_train, n_test = _check_count("n-train", n_train), _check_count("n-test", n_test)
@@ -155,13 +141,28 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
         raise EngineError(f"--seed must be a non-negative integer, got {seed!r}")
     image_size = _check_count("image-size", image_size)
     root = paths.data_root(data_root)
-
-    splits = {(side, split): sources.load(src, split, root=root, image_size=image_size)
-              for side, src in (("left", left), ("right", right)) for split in SPLITS}
+    lt, rt = (sources.load(s, "train", root=root, image_size=image_size) for s in (left, right))
+    n_test = n_test or len(sources.load(left, "test", root=root, image_size=image_size).labels)
     spec = DataSpec(left=left, right=right, beta=beta, seed=int(seed),
-                    n_train=n_train or len(splits["left", "train"].labels),
-                    n_test=n_test or len(splits["left", "test"].labels),
-                    fit=fit, image_size=int(image_size), block_shuffle=block_shuffle)
+                    n_train=n_train or len(lt.labels), n_test=n_test, fit=fit,
+                    image_size=int(image_size), block_shuffle=block_shuffle)
+    return spec, plan_layout(lt.images.shape[1:], rt.images.shape[1:], fit).shape
+
+
+def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
+               n_test: int | None = None, data_root=None, out=None, force: bool = False,
+               fit: str = "pad", image_size: int = 32, block_shuffle: int | None = None,
+               log=None) -> Path:
+    """Build (or reuse) a dataset and return its directory. See the module docstring.
+    block_shuffle: shuffle every composed image's B x B blocks with one fixed permutation
+    (engine.kernels.shuffle; 1 = pixel shuffle; None = off)."""
+    log = log or (lambda msg: None)
+    spec, _ = planned_dataset(pair, beta, seed=seed, n_train=n_train, n_test=n_test,
+                              data_root=data_root, fit=fit, image_size=image_size,
+                              block_shuffle=block_shuffle)
+    root = paths.data_root(data_root)
+    splits = {(side, split): sources.load(src, split, root=root, image_size=spec.image_size)
+              for side, src in (("left", spec.left), ("right", spec.right)) for split in SPLITS}
     target = paths.dataset_dir(paths.datasets_out(out), spec.key)
     layout = plan_layout(splits["left", "train"].images.shape[1:],
                          splits["right", "train"].images.shape[1:], fit)
@@ -179,7 +180,7 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
         empty = np.flatnonzero(np.bincount(splits["right", split].labels,
                                            minlength=len(splits["right", split].classes)) == 0)
         if empty.size:
-            raise EngineError(f"{right} {split} split has no images of class(es) "
+            raise EngineError(f"{spec.right} {split} split has no images of class(es) "
                               f"{empty.tolist()}; Bob's classes all need images")
     if target.parent.exists() and not target.parent.is_dir():
         raise EngineError(f"{target.parent} is a file, not a directory; pass a directory as --out")

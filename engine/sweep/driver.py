@@ -25,8 +25,8 @@ import torch
 
 from engine import __version__, paths
 from engine.atomic import write_bytes
-from engine.data.build import build_data, check_block_shuffles, parse_pair
-from engine.data.manifest import read_manifest, verify_dataset
+from engine.data.build import build_data, check_block_shuffles, parse_pair, planned_dataset
+from engine.data.manifest import is_complete, read_manifest, verify_dataset
 from engine.data.resources import Estimate, dataset_estimate, require, training_memory
 from engine.errors import EngineError
 from engine.locks import output_lock
@@ -98,20 +98,20 @@ def log_to(stream: TextIO) -> Callable[[str], None]:
 def _check_resources(sweep: SweepSpec, datasets_root: Path, out: Path) -> None:
     """Refuse in one line, before building anything, when the datasets still to build cannot fit
     on the disk or in memory (engine.data.resources)."""
-    from engine.data.build import image_shape
-    from engine.sweep.parse import built_datasets
-    built = {(m["spec"]["beta"], m["spec"].get("block_shuffle")) for m in built_datasets(
-        [datasets_root]) if m["pair"] == sweep.pair}
-    todo = [r for r in planner.dataset_requests(sweep) if (r.beta, r.block_shuffle) not in built]
+    todo, training = [], 0
+    for r in planner.dataset_requests(sweep):
+        spec, shape = planned_dataset(sweep.pair, r.beta, seed=sweep.data_seed,
+                                      n_train=sweep.n_train, n_test=sweep.n_test,
+                                      data_root=sweep.data_root, fit=sweep.fit,
+                                      image_size=sweep.image_size, block_shuffle=r.block_shuffle)
+        training = max(training, training_memory(shape, spec.n_train, spec.n_test))
+        if not is_complete(paths.dataset_dir(datasets_root, spec.key), spec):
+            todo.append(dataset_estimate(shape, spec.n_train, spec.n_test))
     if not todo:
         return
-    shape, n_train, n_test = image_shape(sweep.pair, data_root=sweep.data_root, fit=sweep.fit,
-                                         image_size=sweep.image_size, n_train=sweep.n_train,
-                                         n_test=sweep.n_test)
-    one = dataset_estimate(shape, n_train, n_test)
-    total = Estimate(one.disk * len(todo), max(one.memory, training_memory(shape, n_train, n_test)))
+    total = Estimate(sum(e.disk for e in todo), max(max(e.memory for e in todo), training))
     require(total, datasets_root if datasets_root.exists() else out, f"sweep ({len(todo)} "
-            "datasets to build)", "; lower --n-train/--n-test, sweep fewer betas or free space")
+            "datasets to build)", "lower --n-train/--n-test, sweep fewer betas or free space")
 
 
 def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextIO,
