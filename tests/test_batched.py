@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from engine.spec import MODES, BobSpec, frozen_prefix, n_layers
-from engine.train import batched, features, trainer
+from engine.train import batched, features, grouped, trainer
 from engine.train.freeze import prepare_bob
 from engine.train.batched import Member, group_key, member_state, train_group
 from engine.train.models import build_model
@@ -346,7 +346,7 @@ def test_compiled_step_no_graph_break_no_recompile(monkeypatch):
 
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setattr(batched, "_STEPS", {})
+    monkeypatch.setattr(grouped, "_STEPS", {})
     first = _members("mlp", "adam", 32, modes=("finetune", "random-frozen"), seeds=(0,))
     eager = train_group(first, "cpu", compile=False)
     compiled = train_group(first, "cpu", compile=True)

@@ -8,49 +8,42 @@ the serial path's computation (`engine.sweep.driver.run_bob`): `prepare_bob`'s w
 subset of `DeviceData.subset`, `fit`'s batch order, its own optimizer state and BatchNorm
 statistics; results agree with the serial path up to floating-point reassociation.
 
+The grouped network and its step are engine.train.grouped. On the 2-core CPU, single-threaded,
+oneDNN's grouped convolutions take 1.0-1.8x the time of K separate ones, so cnn groups with early
+trainable convolutions gain nothing there; groups whose tail is linear layers (head-only, the
+mlp's last layers) are where batching gains (100 head-only cnn runs: 24x serial, bench/RESULTS.md).
+
 Chapters, in order:
 1. Members and groups.
-2. The grouped network: the trainable tail as a list of ops over stacked weights. Convolutions
-   run as one grouped convolution over [B, K*C, H, W] channels-last activations (BatchNorm is per
-   channel, so over K*C channels it is per member); linear layers as one batched matmul over
-   [K, B, D]. (torch.func.vmap over the module gives grouped convolutions too, but in NCHW: 3.3x
-   slower than serial for the cnn on the 2-core CPU.) On that CPU, single-threaded, oneDNN's
-   grouped convolutions take 1.0-1.8x the time of K separate ones, so cnn groups with early
-   trainable convolutions gain nothing there; groups whose tail is linear layers (head-only, the
-   mlp's last layers) run 10-12x faster than serial, mostly from shared frozen features.
-3. The step: a pure function (params, buffers, opt state, x, y, hyper) -> new ones, loss[K],
-   correct[K]; gradients by torch.func, SGD/Adam written out with torch.optim's formulas. It
-   compiles whole (fullgraph) with inductor.
-4. Data: each member's subset and batch order; frozen-prefix outputs computed once per
+2. Data: each member's subset and batch order; frozen-prefix outputs computed once per
    (prefix source, dataset) over the samples its members use.
-5. Training: memory-sized groups, halved on CUDA out-of-memory.
-6. Evaluation.
+3. Training: memory-sized groups, halved on CUDA out-of-memory.
+4. Evaluation.
 """
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from engine.errors import EngineError
 from engine.spec import BobSpec, frozen_prefix, n_layers
 from engine.threads import keep_freed_memory
 from engine.train.features import FeatureCache, PrefixStore, prefix_outputs, source, source_key
+from engine.train import grouped
 from engine.train.freeze import prepare_bob
-from engine.train.models import Head, build_model
-from engine.train.trainer import (CHUNK, SGD_MOMENTUM, DeviceData, _autocast, _is_cuda,
-                                  _memory_format, draw_subset, epoch_batches, feature_budget,
-                                  make_runner, run_epochs)
+from engine.train.models import build_model
+from engine.train.trainer import (CHUNK, DeviceData, _autocast, _is_cuda, _memory_format,
+                                  draw_subset, epoch_batches, feature_budget, make_runner,
+                                  run_epochs)
 
 LABEL = "bob_label"
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fit` uses
-ACTIVATION_COPIES = 4  # activation tensors kept per layer output for backward (conv, BN, ReLU, grad)
+ACTIVATION_COPIES = 4  # tensors kept per layer output for backward (conv, BN, ReLU, grad)
 STATE_COPIES = 6  # param, grad, new param, 2 Adam moments, spare
 
 
@@ -81,147 +74,7 @@ def _source(m: Member, frozen: int):
     return source(m.spec, frozen)
 
 
-# 2. The grouped network --------------------------------------------------------------------------
-
-def _program(model: nn.Module, frozen: int) -> tuple:
-    """The tail (layers frozen..L-1) as a flat tuple of ops; names are state-dict prefixes."""
-    ops = []
-    for i in range(frozen, len(model.layers)):
-        layer = model.layers[i]
-        leaves = [(f"layers.{i}", layer)] if isinstance(layer, Head) else \
-            [(f"layers.{i}.{j}", m) for j, m in enumerate(layer)]
-        for name, m in leaves:
-            if isinstance(m, Head):
-                ops.append(("head", name, m.pool))
-            elif isinstance(m, nn.Linear):
-                ops.append(("linear", name))
-            elif isinstance(m, nn.Conv2d):
-                ops.append(("conv", name, m.stride, m.padding, m.dilation))
-            elif isinstance(m, nn.BatchNorm2d):
-                ops.append(("bn", name, m.momentum, m.eps))
-            elif isinstance(m, (nn.ReLU, nn.Flatten)):
-                ops.append((type(m).__name__.lower(), name))
-            else:
-                raise EngineError(f"batched training has no rule for {type(m).__name__}; "
-                                  "train this architecture one run at a time")
-    return tuple(ops)
-
-
-def _grouped(program: tuple, name: str) -> bool:
-    """Conv and BN tensors are concatenated over members ([K*O, ...]), linear ones stacked."""
-    return any(op[0] in ("conv", "bn") and name.startswith(op[1] + ".") for op in program)
-
-
-def _pack(program, states: list[dict], names: list[str]) -> dict[str, Tensor]:
-    join = lambda n, ts: torch.cat(ts) if _grouped(program, n) else torch.stack(ts)  # noqa: E731
-    return {n: join(n, [s[n] for s in states]).contiguous() for n in names}
-
-
-def _arrange(x: Tensor, first_op: str) -> Tensor:
-    """Per-member inputs [K, B, ...] into the tail's layout: [B, K*C, H, W] channels-last for a
-    convolution, [K, B, ...] otherwise."""
-    if first_op != "conv":
-        return x
-    K, B, C, H, W = x.shape
-    x = x.permute(1, 3, 4, 0, 2).reshape(B, H, W, K * C)  # memory order B, H, W, K, C
-    return x.permute(0, 3, 1, 2)
-
-
-def _forward(program, params, buffers, x: Tensor, K: int, train: bool):
-    """Logits [K, B, n_classes] and (train) the updated BN running statistics."""
-    new_buffers = {}
-    for op in program:
-        kind, name = op[0], op[1]
-        if kind == "conv":
-            x = F.conv2d(x, params[name + ".weight"], params.get(name + ".bias"), op[2], op[3],
-                         op[4], groups=K)
-        elif kind == "bn":
-            rm, rv = buffers[name + ".running_mean"], buffers[name + ".running_var"]
-            if train:  # F.batch_norm updates the statistics in place: update fresh copies
-                rm, rv = rm.clone(), rv.clone()
-                new_buffers.update({name + ".running_mean": rm, name + ".running_var": rv})
-            x = F.batch_norm(x, rm, rv, params[name + ".weight"], params[name + ".bias"], train,
-                             op[2], op[3])
-        elif kind == "relu":
-            x = F.relu(x)
-        elif kind == "flatten":  # [K, B, C, H, W] -> [K, B, C*H*W], as nn.Flatten per member
-            x = x.flatten(2)
-        else:  # linear or head
-            if kind == "head":
-                if x.dim() == 4:  # [B, K*C, h, w] -> [K, B, C, h, w]
-                    x = x.unflatten(1, (K, -1)).transpose(0, 1)
-                x = x.mean(dim=(3, 4)) if op[2] else x.flatten(2)
-            # As W x^T, transposed back: autograd's weight gradient is then grad^T x, which
-            # MKL runs 2.4x faster than x^T grad for a head's [10 x 12544] weights (fwd + bwd of
-            # the reference cnn's head, K = 16: 18.6 ms instead of 40.7; square layers: equal).
-            w, b = params[name + ".weight"], params[name + ".bias"]
-            if x.stride(0) == 0:  # one input for all members (evaluation): one matmul
-                out = torch.addmm(b.flatten().unsqueeze(1), w.flatten(0, 1), x[0].t())
-                x = out.unflatten(0, (K, -1)).transpose(1, 2)
-            else:
-                x = torch.baddbmm(b.unsqueeze(2), w, x.transpose(1, 2)).transpose(1, 2)
-    return x, new_buffers
-
-
-# 3. The step -------------------------------------------------------------------------------------
-
-def _step(program, optimizer, params, buffers, opt, x, y, hyper):
-    """One SGD/Adam step for every member. x [K, B, ...] tail inputs, y [K, B]; hyper (float32):
-    [lr, Adam step size lr / (1 - beta1^t), sqrt(1 - beta2^t)]. Returns (params, buffers, opt,
-    mean loss [K], n correct [K])."""
-    K = y.shape[0]
-
-    def total_loss(p):
-        with _autocast(x.device):
-            logits, new_buffers = _forward(program, p, buffers, _arrange(x, program[0][0]), K,
-                                           True)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        loss = loss.view(K, -1).mean(1)
-        # Members are independent, so the gradient of the sum is each member's own gradient.
-        return loss.sum(), (loss.detach(), (logits.argmax(-1) == y).sum(1), new_buffers)
-
-    grads, (_, (loss, correct, new_buffers)) = torch.func.grad_and_value(
-        total_loss, has_aux=True)(params)
-    lr, step_size, bc2_sqrt = hyper[0], hyper[1], hyper[2]
-    if optimizer == "sgd":  # torch.optim.SGD: buf = momentum * buf + g; p -= lr * buf
-        bufs = {n: opt["buf"][n].mul(SGD_MOMENTUM).add(g) for n, g in grads.items()}
-        new = {n: params[n] - lr * bufs[n] for n in params}
-        return new, {**buffers, **new_buffers}, {"buf": bufs}, loss, correct
-    b1, b2 = ADAM_BETAS  # torch.optim.Adam (single-tensor): lerp, addcmul, addcdiv
-    m = {n: torch.lerp(opt["m"][n], g, 1 - b1) for n, g in grads.items()}
-    v = {n: torch.addcmul(opt["v"][n].mul(b2), g, g, value=1 - b2) for n, g in grads.items()}
-    new = {n: params[n] - step_size * (m[n] / (v[n].sqrt() / bc2_sqrt + ADAM_EPS)) for n in params}
-    return new, {**buffers, **new_buffers}, {"m": m, "v": v}, loss, correct
-
-
-_STEPS: dict[tuple, Callable] = {}
-
-
-def _step_fn(program, optimizer: str, device: torch.device, compile: bool) -> Callable:
-    """The step for one program, compiled once per (program, optimizer, device type): dynamo then
-    recompiles only for a new group shape."""
-    key = (program, optimizer, device.type, compile)
-    if key not in _STEPS:
-        fn = lambda *a: _step(program, optimizer, *a)  # noqa: E731
-        if compile:
-            # Every program and group shape is one more entry on the same code object.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            mode = "reduce-overhead" if _is_cuda(device) else None  # CUDA graphs
-            fn = torch.compile(fn, fullgraph=True, backend="inductor", mode=mode)
-        _STEPS[key] = fn
-    return _STEPS[key]
-
-
-def _hyper_table(optimizer: str, lr: float, steps: int, device) -> Tensor:
-    """[steps, 3] float32 rows of `_step`'s hyper, computed in float64 as torch.optim does."""
-    rows = []
-    for t in range(1, steps + 1):
-        b1, b2 = ADAM_BETAS
-        rows.append([lr, lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)])
-    return torch.tensor(rows, dtype=torch.float32, device=device)
-
-
-# 4. Data -----------------------------------------------------------------------------------------
+# 2. Data -----------------------------------------------------------------------------------------
 
 def subset_positions(n_data: int, n: int | None, seed: int, device) -> Tensor:
     """The rows `DeviceData.subset(n, seed)` takes, in its order (the same CPU draw)."""
@@ -263,7 +116,7 @@ def _setup(members: list[Member], cache: FeatureCache) -> Group:
     model = build_model(spec.arch, m0.train.input_shape, m0.n_classes, depth=spec.depth,
                         width=spec.width, global_pool=spec.global_pool)
     model = model.to(device, memory_format=_memory_format(device))
-    program = _program(model, frozen)
+    program = grouped.program(model, frozen)
     states, prefixes = [], {}
     for m in members:
         prepare_bob(model, m.alice_state, retrain_from=m.spec.retrain_from, mode=m.spec.mode,
@@ -275,13 +128,13 @@ def _setup(members: list[Member], cache: FeatureCache) -> Group:
     tail = [n for n in states[0] if int(n.split(".")[1]) >= frozen]
     pnames = [n for n, _ in model.named_parameters() if n in tail]
     bnames = [n for n in tail if n not in pnames and not n.endswith("num_batches_tracked")]
-    params = _pack(program, states, pnames)
+    params = grouped.pack(program, states, pnames)
     subsets = [cache.subsets[id(m)] if id(m) in cache.subsets
                else subset_positions(len(m.train), m.spec.n_bob, m.spec.seed, device)
                for m in members]
     group = Group(
         members=members, frozen=frozen, program=program, template=states[0], params=params,
-        buffers=_pack(program, states, bnames),
+        buffers=grouped.pack(program, states, bnames),
         opt={k: {n: torch.zeros_like(p) for n, p in params.items()}
              for k in (("buf",) if spec.optimizer == "sgd" else ("m", "v"))},
         tracked=[{n: t for n, t in s.items() if n.endswith("num_batches_tracked")} for s in states],
@@ -333,7 +186,8 @@ def _cache_features(group: Group, subsets: list[Tensor], cache: FeatureCache) ->
         users.setdefault(_feature_key(m, group.frozen, m.train), []).append(k)
     first = _prefix_out(group, group.members[0], group.members[0].train, slice(0, 1))
     missing = [u for u in users if u not in cache.entries]
-    if not cache.fits(sum(len(cache.wanted[u]) for u in missing), first[0].numel() * first.element_size()):
+    sample_bytes = first[0].numel() * first.element_size()
+    if not cache.fits(sum(len(cache.wanted[u]) for u in missing), sample_bytes):
         return
     for u in missing:
         m = group.members[users[u][0]]
@@ -362,14 +216,14 @@ def _inputs(group: Group, pos: Tensor) -> tuple[Tensor, Tensor]:
     return x, group.labels.gather(1, pos)
 
 
-# 5. Training -------------------------------------------------------------------------------------
+# 3. Training -------------------------------------------------------------------------------------
 
 def _run(group: Group, compile: bool, on_step: Callable | None = None) -> None:
     spec, device = group.members[0].spec, group.rows.device
     K, n = group.rows.shape
-    step_fn = _step_fn(group.program, spec.optimizer, device, compile)
+    step_fn = grouped.step_fn(group.program, spec.optimizer, device, compile)
     n_steps = spec.epochs * max(1, n // spec.batch_size)
-    hyper = _hyper_table(spec.optimizer, spec.lr, n_steps, device)
+    hyper = grouped.hyper_table(spec.optimizer, spec.lr, n_steps, device)
 
     def batches():  # one epoch: every member's own order, as `fit` draws it
         order = torch.stack([torch.stack(epoch_batches(n, spec.batch_size, g, device))
@@ -504,7 +358,7 @@ def train_group(members: list[Member], device, *, max_group: int | None = None,
     return [results[k] for k in range(len(members))]
 
 
-# 6. Evaluation -----------------------------------------------------------------------------------
+# 4. Evaluation -----------------------------------------------------------------------------------
 
 def _test_inputs(group: Group, cache: FeatureCache, ks: list[int], lo: int, hi: int) -> Tensor:
     """Tail inputs [len(ks), hi - lo, ...] of test rows lo..hi-1 for members `ks`: from the
@@ -543,16 +397,18 @@ def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
     for length in set(n_test):
         ks = [k for k in range(K) if n_test[k] == length]
         sel = torch.tensor(ks, device=device)
-        params = {n: t.unflatten(0, (K, -1))[sel].flatten(0, 1) if _grouped(group.program, n)
-                  else t[sel] for n, t in group.params.items()}
+        params = {n: t.unflatten(0, (K, -1))[sel].flatten(0, 1)
+                  if grouped.is_grouped(group.program, n) else t[sel]
+                  for n, t in group.params.items()}
         buffers = {n: t.unflatten(0, (K, -1))[sel].flatten(0, 1)
                    for n, t in group.buffers.items()}
         with torch.no_grad(), _autocast(device):
             for lo in range(0, length, chunk):
                 x = _test_inputs(group, cache, ks, lo, lo + chunk)
                 y = torch.stack([group.members[k].test.labels[LABEL][lo:lo + chunk] for k in ks])
-                logits, _ = _forward(group.program, params, buffers,
-                                     _arrange(x, group.program[0][0]), len(ks), False)
+                logits, _ = grouped.forward(group.program, params, buffers,
+                                            grouped.arrange(x, group.program[0][0]), len(ks),
+                                            False)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
                                        reduction="none").view(len(ks), -1).sum(1)
                 loss_sum[sel] += loss.double()
