@@ -14,8 +14,8 @@ every side, measured side by side in one run on one machine:
 Alices are pre-trained once, before any timing, and shared by all sides. Each side is timed once
 after an untimed warm-up of the same runs on 256 samples (first-call costs). Figures go to
 `extra_info`: fine-tunes/hour per side, the ratios, the FP32 FLOP rate reached by the batched side
-(FLOPs counted with torch.utils.flop_counter on one training step and one evaluation pass per
-distinct run shape) and the largest accuracy difference between serial and batched.
+(FLOPs counted with torch.utils.flop_counter per layer, the least work any trainer must do: see
+`_flops`) and the largest accuracy difference between serial and batched.
 
 Sizes: BENCH_MIX_N (default 2000) training and BENCH_MIX_TEST_N (default 1000) test samples per
 dataset, BENCH_MIX_EPOCHS (default 1).
@@ -113,8 +113,11 @@ def _naive(setup, arch: str) -> tuple[float, dict]:
 
 
 def _flops(setup, specs: list[BobSpec], arch: str) -> float:
-    """FP32 FLOPs of training and evaluating `specs` once each (what any trainer must do, with
-    frozen-prefix outputs counted once per distinct prefix and computation counted once)."""
+    """FP32 FLOPs of training and evaluating `specs` once each: the least any trainer must do.
+    Computation counted once (`computation_id`); the frozen prefix over a dataset's train and
+    test splits counted once per prefix source (Alice, or a random prefix's seed) up to the
+    deepest frozen depth its runs use: a source's layer i is the same at every depth, so deeper
+    prefixes continue from shallower outputs (engine.train.features.PrefixStore)."""
     from torch.utils.flop_counter import FlopCounterMode
     from engine.spec import frozen_prefix
     from engine.train.models import build_model
@@ -131,18 +134,19 @@ def _flops(setup, specs: list[BobSpec], arch: str) -> float:
         with FlopCounterMode(display=False) as fwd:
             with torch.no_grad():
                 tail(x)
-        with FlopCounterMode(display=False) as both:
-            tail(x.requires_grad_(k > 0)).sum().backward()
+        with FlopCounterMode(display=False) as both:  # no gradient for the frozen features
+            tail(x).sum().backward()
         per_sample[k] = (fwd.get_total_flops() / 8, both.get_total_flops() / 8)
     steps = (N_TRAIN // BOB.batch_size) * BOB.batch_size * EPOCHS
-    total, prefixes = 0.0, set()
+    total, deepest = 0.0, {}
     for s in {s.computation_id: s for s in specs}.values():
         k = frozen_prefix(L, s.retrain_from, s.mode)
-        total += steps * per_sample[k][1] + N_TEST * per_sample[0][0]
-        prefix = (s.alice_id or s.seed, k, s.dataset)
-        if k and prefix not in prefixes:  # the frozen prefix over the data, once
-            prefixes.add(prefix)
-            total += N_TRAIN * (per_sample[0][0] - per_sample[k][0])
+        total += steps * per_sample[k][1] + N_TEST * per_sample[k][0]
+        if k:
+            source = (s.alice_id or s.seed, s.dataset)
+            deepest[source] = max(deepest.get(source, 0), k)
+    for k in deepest.values():
+        total += (N_TRAIN + N_TEST) * (per_sample[0][0] - per_sample[k][0])
     return total
 
 
