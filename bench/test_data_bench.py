@@ -10,17 +10,24 @@ machine. Run with `make bench` (needs real MNIST and Fashion-MNIST under ENGINE_
   cache, labels range-checked), what a sweep or `pretrain` pays before training on it.
 - ffcv_dataset_writer: FFCV's DatasetWriter(num_workers=2) writing the same 60k composed samples
   from in-memory arrays (composing is not even charged to it).
+- page_kernel_padded[general|specialised]: the page kernel alone, one thread, composing 60k
+  random pairs of MNIST (28x28 grey, padded to 32x32 and replicated to RGB) beside 32x32 RGB
+  images, mnist:svhn's geometry (SVHN is not among the shared data: the right images are random
+  bytes in SVHN's train shape, which a copy does not care about), into 8 MiB pages: the general
+  kernel (geometry read at run time) against the kernel specialised to the geometry.
 """
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import engine
 from engine.data import beton, ffcv_io
 from engine import datasets as sources
 from engine.data.build import write_split
+from engine.kernels import compose
 from engine.kernels.compose import plan_layout
 from engine.spec import DataSpec
 
@@ -100,3 +107,33 @@ def test_ffcv_dataset_writer(benchmark, splits, tmp_path):
                        setup=fresh, rounds=3, iterations=1)
     assert path.read_bytes() != b""
     _report(benchmark, N, path.stat().st_size)
+
+
+@pytest.mark.parametrize("kernel", ["general", "specialised"])
+def test_page_kernel_padded(benchmark, splits, kernel):
+    left = splits[0].images
+    right = np.random.default_rng(0).integers(0, 256, (73_257, 32, 32, 3), dtype=np.uint8)
+    layout = plan_layout(left.shape[1:], right.shape[1:])
+    rng = np.random.default_rng(1)
+    li, ri = rng.integers(0, len(left), N), rng.integers(0, len(right), N)
+    sample = int(np.prod(layout.shape))
+    per_page = (8 << 20) // sample
+    buf = np.empty(per_page * sample, np.uint8)
+    lp, rp = layout.left, layout.right
+
+    def general(first, count):
+        compose._fill_composed(buf, first, count, *layout.shape, left, right, li, ri, lp.geo,
+                               lp.rows, lp.cols, rp.geo, rp.rows, rp.cols)
+
+    def specialised(first, count):
+        compose.fill_composed(buf, first, count, left, right, li, ri, layout)
+
+    fill = general if kernel == "general" else specialised
+
+    def pages():
+        for first in range(0, N, per_page):
+            fill(first, min(per_page, N - first))
+
+    pages()  # compile
+    benchmark.pedantic(pages, rounds=7, iterations=1)
+    _report(benchmark, N, N * sample)

@@ -68,9 +68,13 @@ def test_cramers_v_extremes():
 LAYOUTS = [((28, 28, 1), (28, 28, 1), "pad"), ((28, 28, 1), (32, 32, 3), "pad"),
            ((32, 32, 3), (28, 28, 1), "pad"), ((28, 28, 1), (32, 32, 3), "resize"),
            ((32, 20, 3), (28, 28, 1), "resize"), ((16, 40, 1), (32, 32, 1), "resize"),
-           # two unpadded halves: the specialised kernel in words of 4, 8, 2 and 1 byte(s)
+           # the specialised pad kernel: rows of whole 8-byte moves, with an overlapping last
+           # move, and under 8 bytes (byte loop); borders split unevenly, non-square halves,
+           # grey to RGB in pairs of pixels with odd and even widths, grey to 2 channels
            ((32, 32, 3), (32, 32, 3), "pad"), ((30, 30, 1), (30, 30, 1), "pad"),
-           ((7, 7, 1), (7, 7, 1), "pad")]
+           ((7, 7, 1), (7, 7, 1), "pad"), ((27, 27, 1), (32, 32, 3), "pad"),
+           ((32, 32, 3), (20, 31, 1), "pad"), ((5, 5, 1), (9, 9, 1), "pad"),
+           ((8, 3, 1), (10, 10, 3), "pad"), ((28, 28, 1), (32, 32, 2), "pad")]
 
 
 @pytest.mark.parametrize("left_shape,right_shape,fit", LAYOUTS)
