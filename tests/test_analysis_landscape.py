@@ -12,7 +12,8 @@ from engine.errors import EngineError
 from engine.train.freeze import prepare_bob
 from engine.train.models import Head, LayeredNet, build_model
 from engine.threads import one_thread
-from engine.train.trainer import DeviceData, evaluate, fit
+from engine.train.device import DeviceData
+from engine.train.trainer import evaluate, fit
 
 SHAPE = TWO_HALF_SHAPE  # conftest.two_half_arrays
 HALVES = {"left": {"columns": [0, 28]}, "right": {"columns": [28, 56]}}  # as in a manifest

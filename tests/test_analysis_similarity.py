@@ -7,7 +7,7 @@ from engine.analysis import CKAAccumulator, cka_matrix, linear_cka
 from engine.analysis import similarity
 from engine.errors import EngineError
 from engine.train.models import build_model
-from engine.train.trainer import DeviceData
+from engine.train.device import DeviceData
 
 
 def gram_cka(X, Y):

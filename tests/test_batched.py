@@ -23,7 +23,8 @@ from engine.train.freeze import prepare_bob
 from engine.train.batched import Member, group_key, member_state, train_group
 from engine.train.models import build_model
 from engine.threads import one_thread
-from engine.train.trainer import CompiledModelCache, DeviceData
+from engine.train.device import DeviceData
+from engine.train.trainer import CompiledModelCache
 from conftest import TWO_HALF_SHAPE, two_half_arrays
 
 LOSS_TOL = dict(rtol=1e-3, atol=1e-4)

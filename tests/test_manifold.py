@@ -15,7 +15,7 @@ from engine.data.manifold import (SPLITS, ManifoldSpec, build_manifold, draw_mod
 from engine.studies.manifold_sweep import bob_epochs, overlaps_for, run_manifold_sweep
 from engine.train.models import build_model
 from engine.store import ResultsStore
-from engine.train.trainer import DeviceData
+from engine.train.device import DeviceData
 
 SMALL = dict(d_latent=6, n_input=24, n_classes=3, n_source=300, n_target=120, n_test=80)
 PNG = b"\x89PNG\r\n\x1a\n"

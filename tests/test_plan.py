@@ -100,7 +100,8 @@ def test_block_shuffled_sweep_requests_alices_unshuffled_dataset():
 
 def test_subsets_and_batch_orders_are_drawn_on_the_cpu():
     """The reference: numpy-free CPU draws. CUDA, when present, must give the same indices."""
-    from engine.train.trainer import DeviceData, draw_subset, epoch_batches
+    from engine.train.device import DeviceData, draw_subset
+    from engine.train.trainer import epoch_batches
     images = np.zeros((50, 2, 2, 1), np.uint8)
     labels = {"bob_label": np.arange(50)}
     data = DeviceData.from_arrays(images, labels, "cpu")

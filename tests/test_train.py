@@ -9,8 +9,9 @@ from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import EngineError
 from engine.train.freeze import MODES, frozen_prefix, layer_plan, prepare_bob
 from engine.train.models import build_model
-from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate, feature_budget,
-                          fit, make_runner)
+from engine.train.device import DeviceData
+from engine.train.trainer import (CompiledModelCache, epoch_batches, evaluate, feature_budget, fit,
+                                  make_runner)
 
 SHAPE = TWO_HALF_SHAPE  # conftest.two_half_arrays
 CNN = {"width": 8}  # small enough for fast CPU tests

@@ -36,7 +36,8 @@ from engine.data.manifest import verify_dataset
 from engine.train.models import LayeredNet, build_model
 from engine.spec import BobSpec, n_layers
 from engine.store import ResultsStore
-from engine.train.trainer import CompiledModelCache, DeviceData
+from engine.train.device import DeviceData
+from engine.train.trainer import CompiledModelCache
 
 POOL_ABOVE = 4096  # conv activations wider than this (C*H*W) are globally average-pooled to C
 DEVICE = torch.device("cpu")

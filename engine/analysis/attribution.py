@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.errors import EngineError
-from engine.train.trainer import DeviceData
+from engine.train.device import DeviceData
 
 METHODS = ("saliency", "grad_x_input", "integrated_gradients")
 SIDES = ("left", "right")

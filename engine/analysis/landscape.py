@@ -22,7 +22,8 @@ from torch import Tensor
 
 from engine.errors import EngineError
 from engine.train.models import LayeredNet
-from engine.train.trainer import DeviceData, evaluate
+from engine.train.device import DeviceData
+from engine.train.trainer import evaluate
 
 
 def snapshot(state: dict[str, Tensor]) -> dict[str, Tensor]:

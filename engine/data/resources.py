@@ -74,7 +74,7 @@ def dataset_estimate(image_shape, n_train: int, n_test: int, *, workers: int | N
 
 def training_memory(image_shape, n_train: int, n_test: int) -> int:
     """Bytes a sweep holds to train on one dataset in memory (uint8 images of both splits plus
-    labels; engine.train.trainer.DeviceData)."""
+    labels; engine.train.device.DeviceData)."""
     sample_bytes = 1
     for s in image_shape:
         sample_bytes *= int(s)

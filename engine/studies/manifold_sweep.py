@@ -10,7 +10,7 @@ source by s, according to `vary`:
 
 then, per seed, Alice (an mlp with L = depth + 1 layers) is pre-trained on source-train alice_label,
 and for every n_target Bob is trained on the first n_target samples of target-train (nested subsets,
-engine.train.trainer.DeviceData.subset) for bob_label: fine-tuned from Alice for every retrain-from layer
+engine.train.device.DeviceData.subset) for bob_label: fine-tuned from Alice for every retrain-from layer
 l = 1..L (mode finetune: layers 1..l-1 frozen, l..L-1 trained from Alice's weights, a fresh head),
 and from scratch. Each Bob run is tested on all of target-test.
 
@@ -48,7 +48,8 @@ from engine.spec import canonical_json
 from engine.store import ResultsStore
 from engine.sweep.executors import run_bob
 from engine.sweep.parse import parse_floats
-from engine.train.trainer import CompiledModelCache, DeviceData, evaluate, fit
+from engine.train.device import DeviceData
+from engine.train.trainer import CompiledModelCache, evaluate, fit
 
 ARCH = "mlp"
 VARY = ("both", "features", "teacher")

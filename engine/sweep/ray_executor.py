@@ -55,7 +55,8 @@ from engine.sweep.executors import Context, Executor, Result, n_classes, train_u
 from engine.sweep.plan import WorkUnit
 from engine.train.alice import device_name, is_complete, train_alice
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
-from engine.train.trainer import CompiledModelCache, DeviceData
+from engine.train.device import DeviceData
+from engine.train.trainer import CompiledModelCache
 
 FIELDS = ["image", "alice_label", "bob_label"]
 DEFAULTS = {"ray_address": None, "cpus_per_unit": 1.0, "gpus_per_unit": 0.0, "max_retries": 2}

@@ -28,8 +28,9 @@ from engine.train.models import build_model
 from engine.threads import keep_freed_memory
 from engine.spec import AliceSpec
 from engine.train.stream import StreamData, evaluate_stream
-from engine.train.trainer import (CompiledModelCache, DeviceData, epoch_batches, evaluate,
-                                  make_optimizer, make_runner, run_epochs, train_step)
+from engine.train.device import DeviceData
+from engine.train.trainer import (CompiledModelCache, epoch_batches, evaluate, make_optimizer,
+                                  make_runner, run_epochs, train_step)
 
 LABEL = "alice_label"
 DEVICES = ("auto", "cpu", "cuda")

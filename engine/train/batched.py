@@ -34,13 +34,12 @@ from torch import Tensor
 from engine.errors import EngineError
 from engine.spec import BobSpec, frozen_prefix, n_layers
 from engine.threads import keep_freed_memory
-from engine.train.features import FeatureCache, PrefixStore, prefix_outputs, source, source_key
 from engine.train import grouped
+from engine.train.device import DeviceData, _autocast, _is_cuda, _memory_format, draw_subset
+from engine.train.features import FeatureCache, PrefixStore, prefix_outputs, source, source_key
 from engine.train.freeze import prepare_bob
 from engine.train.models import build_model
-from engine.train.trainer import (CHUNK, DeviceData, _autocast, _is_cuda, _memory_format,
-                                  draw_subset, epoch_batches, feature_budget, make_runner,
-                                  run_epochs)
+from engine.train.trainer import CHUNK, epoch_batches, feature_budget, make_runner, run_epochs
 
 LABEL = "bob_label"
 ACTIVATION_COPIES = 4  # tensors kept per layer output for backward (conv, BN, ReLU, grad)

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from engine.spec import BobSpec
-from engine.train.trainer import (CHUNK, DeviceData, Runner, _autocast, _memory_format,
-                                  draw_subset, feature_budget, frozen_features)
+from engine.train.device import DeviceData, _autocast, _memory_format, draw_subset
+from engine.train.trainer import CHUNK, Runner, feature_budget, frozen_features
 
 # Cached prefix outputs replace recomputing the prefix in a one-pass fit only when the prefix does
 # at least this many FLOPs per byte of output. Measured on the 2-core CPU for the reference cnn's

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from engine.errors import EngineError
 from engine.train.models import Head
-from engine.train.trainer import SGD_MOMENTUM, _autocast, _is_cuda
+from engine.train.device import _autocast, _is_cuda
+from engine.train.trainer import SGD_MOMENTUM
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fit` uses
 

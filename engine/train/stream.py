@@ -22,8 +22,9 @@ from engine.data import ffcv_io
 from engine.data.beton import BetonFile, default_workers
 from engine.train.freeze import set_train_mode
 from engine.train.models import LayeredNet
-from engine.train.trainer import (OPTIMIZERS, DeviceData, Runner, _autocast, _memory_format, make_optimizer,
-                          make_runner, run_epochs, train_step)
+from engine.train.device import DeviceData, _autocast, _memory_format
+from engine.train.trainer import (OPTIMIZERS, Runner, make_optimizer, make_runner, run_epochs,
+                                  train_step)
 
 STATS_CHUNK = 8192  # images per read when computing channel statistics
 

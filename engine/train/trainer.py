@@ -1,16 +1,16 @@
 """The trainer: one training run (Alice's, or one of Bob's fine-tunes) from data to metrics.
 
+Data on the device (`DeviceData`) and the device helpers are engine.train.device.
+
 Chapters, in order:
-1. Data on the device: the whole dataset uploaded once as uint8, normalised per batch on the device
-   (or float32 feature vectors, used as they are).
-2. Batching: a seeded on-device permutation per epoch.
-3. Runners: the model split at the frozen boundary into `prefix` and `tail`, compiled or not, and
+1. Batching: a seeded permutation per epoch, drawn on the CPU and moved to the device.
+2. Runners: the model split at the frozen boundary into `prefix` and `tail`, compiled or not, and
    the `CompiledModelCache` that compiles each split once and reuses it across runs.
-4. Frozen features: the prefix's output computed once per fit of two or more epochs, when it fits
+3. Frozen features: the prefix's output computed once per fit of two or more epochs, when it fits
    a memory budget.
-5. The step.
-6. Epochs: `fit`.
-7. Evaluation: `evaluate`.
+4. The step.
+5. Epochs: `fit`.
+6. Evaluation: `evaluate`.
 
 The same code runs on CPU and CUDA, with channels-last tensors on both. On the CPU, `fit` and
 `evaluate` tell glibc to keep freed memory (`threads.keep_freed_memory`). On CUDA it adds bf16
@@ -19,9 +19,7 @@ autocast (on CPUs without native bf16 it is several times slower, so the CPU sta
 """
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -32,6 +30,7 @@ from torch import Tensor, nn
 
 from engine.errors import EngineError
 from engine.spec import OPTIMIZERS
+from engine.train.device import DeviceData, _autocast, _is_cuda, _memory_format
 from engine.train.freeze import set_train_mode
 from engine.train.models import LayeredNet, build_model
 from engine.threads import keep_freed_memory
@@ -43,162 +42,9 @@ CHUNK = 1024  # samples per forward pass when caching features
 RECOMPILE_LIMIT = 256  # dynamo entries per code object: group shapes of a large sweep
 
 
-def _is_cuda(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
-def _memory_format(device: torch.device) -> torch.memory_format:
-    # Channels-last on every device: cuDNN's and oneDNN's convolutions both prefer NHWC (on the
-    # 2-core CPU machine the reference cnn's forward pass is 1.4x faster: 0.86 s vs 1.21 s per
-    # 1024 samples).
-    return torch.channels_last
-
-
-def _autocast(device: torch.device):
-    if _is_cuda(device):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# 1. Data on the device ---------------------------------------------------------------------------
-
-def _channel_stats(images: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact per-channel mean and std (population) of uint8 NCHW images, in [0, 1] units."""
-    values = torch.arange(256, dtype=torch.float64, device=images.device) / 255
-    mean, std = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
-        n = counts.sum()
-        m = (counts * values).sum() / n
-        var = ((counts * values.square()).sum() / n - m.square()).clamp_min(0)
-        mean.append(m)
-        std.append(var.sqrt())
-    return torch.stack(mean).float(), torch.stack(std).float()
-
-
-class DeviceData:
-    """A dataset living on one device: uint8 images [N, C, H, W] and int64 label vectors.
-
-    `mean`/`std` (float32 [C], [0, 1] pixel units) define the normalisation
-    x = (pixel / 255 - mean) / std applied per batch; a test split takes its train split's stats.
-    Float32 `images` (from `from_features`) are model inputs already and are not normalised.
-    """
-
-    def __init__(self, images: Tensor, labels: dict[str, Tensor], mean: Tensor, std: Tensor):
-        self.images = images
-        self.labels = labels
-        self.mean = mean
-        self.std = std
-        safe_std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel maps to 0
-        self._scale = (1 / (255 * safe_std)).view(1, -1, 1, 1)
-        self._shift = (-mean / safe_std).view(1, -1, 1, 1)
-
-    @classmethod
-    def from_arrays(cls, images: np.ndarray, labels: dict[str, np.ndarray],
-                    device: str | torch.device, *,
-                    stats: tuple[Tensor | list[float], Tensor | list[float]] | None = None,
-                    ) -> DeviceData:
-        """Upload uint8 NHWC `images` and their labels; compute (mean, std) unless `stats` given."""
-        device = torch.device(device)
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-            got = f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}"
-            raise EngineError(f"images must be a uint8 array shaped [N, H, W, C], got {got}")
-        n = len(images)
-        if n == 0:
-            raise EngineError("the dataset has no images")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
-            host = torch.from_numpy(np.ascontiguousarray(images))
-        # NHWC memory viewed as NCHW is channels-last; make it plain NCHW where that is faster.
-        x = host.to(device, copy=True).permute(0, 3, 1, 2)
-        x = x.contiguous(memory_format=_memory_format(device))
-        ys = _upload_labels(labels, n, device)
-        if stats is None:
-            mean, std = _channel_stats(x)
-        else:
-            mean, std = (torch.as_tensor(s, dtype=torch.float32).to(device) for s in stats)
-            if mean.shape != (x.shape[1],) or std.shape != (x.shape[1],):
-                raise EngineError(f"stats must give {x.shape[1]} means and stds, got "
-                                  f"{tuple(mean.shape)} and {tuple(std.shape)}")
-        return cls(x, ys, mean, std)
-
-    @classmethod
-    def from_features(cls, features: np.ndarray, labels: dict[str, np.ndarray],
-                      device: str | torch.device) -> DeviceData:
-        """Upload float32 feature vectors [N, D] as they are, held as [N, 1, 1, D] (so
-        `input_shape` is (1, D, 1), which the mlp flattens back to D), with mean 0 and std 1."""
-        device = torch.device(device)
-        if not isinstance(features, np.ndarray) or features.dtype != np.float32 or features.ndim != 2:
-            got = f"{getattr(features, 'dtype', type(features))} {getattr(features, 'shape', '')}"
-            raise EngineError(f"features must be a float32 array shaped [N, D], got {got}")
-        n = len(features)
-        if n == 0:
-            raise EngineError("the dataset has no samples")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
-            host = torch.from_numpy(np.ascontiguousarray(features))
-        x = host.to(device, copy=True).view(n, 1, 1, -1)
-        ones = torch.ones(1, device=device)
-        return cls(x, _upload_labels(labels, n, device), ones - 1, ones)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        _, c, h, w = self.images.shape
-        return (h, w, c)
-
-    @property
-    def stats(self) -> tuple[list[float], list[float]]:
-        """(mean, std) as plain floats, for checkpoints and for the test split."""
-        return self.mean.tolist(), self.std.tolist()
-
-    def subset(self, n: int | None, seed: int) -> DeviceData:
-        """`n` samples drawn without replacement under `seed` (all of them if n is None).
-
-        With one seed, smaller subsets are contained in larger ones (prefixes of one permutation).
-        The draw is the same on every device (`draw_subset`). Normalisation stats are the parent's.
-        """
-        if n is None:
-            return self
-        if not 1 <= n <= len(self):
-            raise EngineError(f"subset size must be in 1..{len(self)}, got {n}")
-        idx = draw_subset(len(self), n, seed).to(self.device)
-        images = self.images[idx].contiguous(memory_format=_memory_format(self.device))
-        return DeviceData(images, {k: v[idx] for k, v in self.labels.items()}, self.mean, self.std)
-
-    def inputs(self, idx: Tensor | slice) -> Tensor:
-        """Normalised float32 images at `idx`, NCHW (channels-last strides on CUDA)."""
-        if self.images.is_floating_point():  # features: inputs as they are
-            return self.images[idx]
-        x = self.images[idx].float().mul_(self._scale).add_(self._shift)
-        return x.contiguous(memory_format=_memory_format(self.device))
-
-
-def _upload_labels(labels: dict[str, np.ndarray], n: int, device: torch.device) -> dict[str, Tensor]:
-    ys = {}
-    for name, y in labels.items():
-        y = np.asarray(y)
-        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-            raise EngineError(f"label {name!r} must be {n} integers, got {y.dtype} {y.shape}")
-        ys[name] = torch.from_numpy(y.astype(np.int64)).to(device)
-    return ys
-
-
-# 2. Batching -------------------------------------------------------------------------------------
+# 1. Batching -------------------------------------------------------------------------------------
 # Every draw is made on the CPU with a CPU generator and then moved, so a seed gives the same
-# samples and the same batch order on every device (a CUDA generator draws other permutations).
-
-def draw_subset(n_total: int, n: int, seed: int) -> Tensor:
-    """Sorted indices of `n` of `n_total` samples, drawn without replacement under `seed` (CPU)."""
-    g = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_total, generator=g)[:n].sort().values
-
+# batch order on every device (a CUDA generator draws other permutations).
 
 def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
                   device: torch.device | str = "cpu") -> list[Tensor]:
@@ -214,7 +60,7 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
     return list(perm[: n - n % batch_size].view(-1, batch_size))
 
 
-# 3. Runners --------------------------------------------------------------------------------------
+# 2. Runners --------------------------------------------------------------------------------------
 
 @dataclass
 class Runner:
@@ -278,7 +124,7 @@ class CompiledModelCache:
         return len(self._runners)
 
 
-# 4. Frozen features ------------------------------------------------------------------------------
+# 3. Frozen features ------------------------------------------------------------------------------
 
 def feature_budget(device: torch.device) -> int:
     """Bytes the frozen features of one fit may take: half the device's free memory now (CUDA:
@@ -314,7 +160,7 @@ def frozen_features(runner: Runner, data: DeviceData, budget_bytes: int) -> Tens
     return feats
 
 
-# 5. The step -------------------------------------------------------------------------------------
+# 4. The step -------------------------------------------------------------------------------------
 
 def train_step(runner: Runner, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
                frozen_input: bool, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -343,7 +189,7 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float,
     return torch.optim.Adam(params, lr=lr, fused=fused)
 
 
-# 6. Epochs ---------------------------------------------------------------------------------------
+# 5. Epochs ---------------------------------------------------------------------------------------
 
 def run_epochs(epochs: int, batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
                step: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], *,
@@ -465,7 +311,7 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
     }
 
 
-# 7. Evaluation -----------------------------------------------------------------------------------
+# 6. Evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 1024, *,
              runner: Runner | None = None, features: Tensor | None = None) -> tuple[float, float]:
