@@ -30,7 +30,7 @@ def demo(data_root=None, out: Path = Path("out/demo")) -> int:
     try:
         dataset = build_data(pair, 0.75, data_root=data_root, out=out / "datasets", log=_log)
     except EngineError as exc:
-        _log(f"SVHN is not available ({exc}); using mnist:fashion instead")
+        _log(f"{pair} cannot be built ({exc}); trying mnist:fashion instead")
         pair = "mnist:fashion"
         dataset = build_data(pair, 0.75, data_root=data_root, out=out / "datasets", log=_log)
     print(inspect(dataset, out / "samples.png"))
