@@ -2,8 +2,9 @@
 by side (HWC uint8).
 
 `plan_layout` decides the geometry once per dataset (NumPy); `compose_one` applies it to one sample
-(Numba, called from the `.beton` page kernel as well); `compose` runs it over a batch; `compose_numpy`
-is the reference twin.
+(Numba); `compose` runs it over a batch; `compose_numpy` is the reference twin. `fill_composed`,
+the `.beton` page kernel, runs a kernel specialised to the layout's geometry (`_page_kernel`)
+unless a side is resized; `fill_composed_numpy` is its twin.
 
 fit="pad" (default): the common height H is the larger one; the smaller image is zero-padded by the
 same border on every side (so a square stays square: 28x28 in a 32-high row becomes 32x32) and
@@ -212,7 +213,7 @@ def _zero(dst, d, n):
 def _pad_half(buf, base, src, s0, height, pitch, channels, col0, out_w, top, left, src_h, src_w,
               src_c):
     """One unresized half of a sample: source image at src[s0:] (flat uint8) into buf at `base`,
-    its zero border around it. Called by `_pad_kernel` with every argument after `s0` a
+    its zero border around it. Called by `_page_kernel` with every argument after `s0` a
     compile-time constant, so the fixed-length moves unroll."""
     side = base + col0 * channels
     row_bytes = out_w * channels
@@ -250,7 +251,7 @@ def _pad_half(buf, base, src, s0, height, pitch, channels, col0, out_w, top, lef
                     buf[first + y * pitch + x * channels + ch] = v
 
 
-def _pad_kernel(layout: Layout):
+def _page_kernel(layout: Layout):
     """The page kernel for unresized layouts (fit="pad", or equal heights), specialised to one
     geometry: the closure's constants give every row move a fixed length, so LLVM emits
     straight-line 8-byte moves (`_move`), and Numba caches each closure on disk under its own
@@ -316,7 +317,7 @@ def fill_composed(buf: np.ndarray, first: int, count: int, left_images: np.ndarr
     different pages (a parallel kernel beside an I/O thread oversubscribes the cores)."""
     lp, rp = layout.left, layout.right
     if not lp.geo[5] and not rp.geo[5]:  # no resizing
-        _pad_kernel(layout)(buf, first, count, _flat(left_images), _flat(right_images), left_idx,
+        _page_kernel(layout)(buf, first, count, _flat(left_images), _flat(right_images), left_idx,
                             right_idx)
         return
     _fill_composed(buf, first, count, layout.height, layout.width, layout.channels, left_images,
