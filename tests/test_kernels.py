@@ -97,6 +97,20 @@ def test_compose_kernels_match_numpy_twin(left_shape, right_shape, fit):
     np.testing.assert_array_equal(buf_k[:sample * 120].reshape((120,) + layout.shape), got[100:220])
 
 
+def test_page_kernel_reads_strided_sources():
+    """Sources that are views (every other image, a channel of RGB) compose as their copies do."""
+    rng = np.random.default_rng(4)
+    left = rng.integers(0, 256, (80, 28, 28, 1), dtype=np.uint8)[::2]
+    right = rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)[..., 1:2]
+    li, ri = rng.integers(0, 40, 64), rng.integers(0, 50, 64)
+    layout = plan_layout((28, 28, 1), (32, 32, 1))
+    sample = layout.height * layout.width * layout.channels
+    got, want = np.zeros(sample * 64, np.uint8), np.ones(sample * 64, np.uint8)
+    fill_composed(got, 0, 64, left, right, li, ri, layout)
+    fill_composed_numpy(want, 0, 64, left.copy(), right.copy(), li, ri, layout)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_pad_layout_keeps_each_half_exact():
     rng = np.random.default_rng(5)
     mnist = rng.integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)

@@ -273,9 +273,11 @@ def write_split(path: Path, split: str, left, right, layout: Layout, spec: DataS
     perm = shuffle_permutation(layout, spec.block_shuffle, spec.seed)
     index = None if perm is None else block_index(layout.shape, spec.block_shuffle, perm)
     # Pages are hashed as they are written (engine.data.digest): the digest is in the returned facts
+    # The page kernel reads the sources as flat bytes: copy a strided source once, not per page.
+    left_images, right_images = (np.ascontiguousarray(s.images) for s in (left, right))
 
     def fill(buf, first, count):
-        fill_composed(buf, first, count, left.images, right.images, left_idx, right_idx, layout)
+        fill_composed(buf, first, count, left_images, right_images, left_idx, right_idx, layout)
         if index is not None:
             shuffle_page(buf, count, index)
 
