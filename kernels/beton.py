@@ -1,6 +1,6 @@
 """Page kernels for `.beton` files: fill a data page with samples, and gather samples back out.
 
-A `.beton` data page holds whole samples back to back from offset 0 (see `engine/beton.py`), so a
+A `.beton` data page holds whole samples back to back from offset 0 (see `engine/data/beton.py`), so a
 page of `count` samples of `sample_bytes` each is `count * sample_bytes` bytes followed by zeros.
 Each kernel has a NumPy twin computing the same bytes. The kernel that composes image pairs straight
 into a page lives in `compose.py`, beside the code it inlines (Numba's on-disk cache does not track
