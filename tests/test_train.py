@@ -285,7 +285,7 @@ def test_compiled_runner_is_not_recompiled_across_runs(data, test_data, alice):
     cache = CompiledModelCache("cpu", compile=True, backend=counting_backend)
     after_first = None
     for seed, mode in [(0, "finetune"), (1, "finetune"), (2, "reinit"), (3, "finetune")]:
-        runner = cache.get("cnn", SHAPE, 10, frozen_upto=2, **CNN)  # as engine.sweep.driver.run_bob does
+        runner = cache.get("cnn", SHAPE, 10, frozen_upto=2, **CNN)  # as engine.sweep.executors.run_bob does
         params = prepare_bob(runner.model, alice, retrain_from=3, mode=mode, seed=seed)
         for epochs in (1, 2):  # the prefix runs per step, then on cached features
             fit(runner.model, params, data, "bob_label", epochs=epochs, seed=seed, frozen_upto=2,

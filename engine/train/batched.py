@@ -4,7 +4,7 @@ Members of a group share everything that fixes the step's shapes and arithmetic 
 architecture and options, input shape, n_classes, frozen depth, epochs, optimizer, lr, batch size
 and training-sample count, so they take the same number of equal-shaped steps in lock-step. They
 may differ in seed (weights, subset, shuffling), mode, Alice and dataset. Each member gets exactly
-the serial path's computation (`engine.sweep.driver.run_bob`): `prepare_bob`'s weights, the
+the serial path's computation (`engine.sweep.executors.run_bob`): `prepare_bob`'s weights, the
 subset of `DeviceData.subset`, `fit`'s batch order, its own optimizer state and BatchNorm
 statistics; results agree with the serial path up to floating-point reassociation.
 
