@@ -10,9 +10,9 @@ machine. Run with `make bench` (needs real MNIST and Fashion-MNIST under ENGINE_
   cache, labels range-checked), what a sweep or `pretrain` pays before training on it.
 - ffcv_dataset_writer: FFCV's DatasetWriter(num_workers=2) writing the same 60k composed samples
   from in-memory arrays (composing is not even charged to it).
-- page_kernel_padded[general|specialised]: the page kernel alone, one thread, composing 60k
-  random pairs of MNIST (28x28 grey, padded to 32x32 and replicated to RGB) beside 32x32 RGB
-  images, mnist:svhn's geometry (SVHN is not among the shared data: the right images are random
+- page_kernel_padded[general|specialised-pad|resize]: the page kernel alone, one thread,
+  composing 60k random pairs of MNIST (28x28 grey, padded, or resized with fit="resize", to
+  32x32 and replicated to RGB) beside 32x32 RGB images, mnist:svhn's geometry (SVHN is not among the shared data: the right images are random
   bytes in SVHN's train shape, which a copy does not care about), into 8 MiB pages: the general
   kernel (geometry read at run time) against the kernel specialised to the geometry.
 - engine_build_data_svhn / ffcv_dataset_writer_svhn: the whole `build_data` of the headline pair
@@ -114,11 +114,12 @@ def test_ffcv_dataset_writer(benchmark, splits, tmp_path):
     _report(benchmark, N, path.stat().st_size)
 
 
+@pytest.mark.parametrize("fit", ["pad", "resize"])
 @pytest.mark.parametrize("kernel", ["general", "specialised"])
-def test_page_kernel_padded(benchmark, splits, kernel):
+def test_page_kernel_padded(benchmark, splits, kernel, fit):
     left = splits[0].images
     right = np.random.default_rng(0).integers(0, 256, (73_257, 32, 32, 3), dtype=np.uint8)
-    layout = plan_layout(left.shape[1:], right.shape[1:])
+    layout = plan_layout(left.shape[1:], right.shape[1:], fit)
     rng = np.random.default_rng(1)
     li, ri = rng.integers(0, len(left), N), rng.integers(0, len(right), N)
     sample = int(np.prod(layout.shape))

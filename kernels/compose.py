@@ -251,16 +251,46 @@ def _pad_half(buf, base, src, s0, height, pitch, channels, col0, out_w, top, lef
                     buf[first + y * pitch + x * channels + ch] = v
 
 
+@njit(nogil=True, inline="always")
+def _resize_half(buf, base, src, s0, height, pitch, channels, col0, out_w, src_w, src_c, rows,
+                 cols):
+    """One resized half of a sample, bilinear in 8-bit fixed point as `_compose_side` computes it
+    (bit for bit), a grey value computed once and replicated; the geometry and the `rows`/`cols`
+    tables are `_page_kernel`'s constants."""
+    side = base + col0 * channels
+    stride = src_w * src_c  # bytes per source row
+    for y in range(height):
+        d = side + y * pitch
+        r0, r1, wy = s0 + rows[0, y] * stride, s0 + rows[1, y] * stride, rows[2, y]
+        for x in range(out_w):
+            x0, x1, wx = cols[0, x] * src_c, cols[1, x] * src_c, cols[2, x]
+            if src_c == channels:
+                for ch in range(channels):
+                    upper = (np.int32(src[r0 + x0 + ch]) * (FRAC - wx)
+                             + np.int32(src[r0 + x1 + ch]) * wx)
+                    lower = (np.int32(src[r1 + x0 + ch]) * (FRAC - wx)
+                             + np.int32(src[r1 + x1 + ch]) * wx)
+                    buf[d + x * channels + ch] = (
+                        (upper * (FRAC - wy) + lower * wy + FRAC * FRAC // 2) // (FRAC * FRAC))
+            else:  # grey replicated
+                upper = np.int32(src[r0 + x0]) * (FRAC - wx) + np.int32(src[r0 + x1]) * wx
+                lower = np.int32(src[r1 + x0]) * (FRAC - wx) + np.int32(src[r1 + x1]) * wx
+                v = (upper * (FRAC - wy) + lower * wy + FRAC * FRAC // 2) // (FRAC * FRAC)
+                for ch in range(channels):
+                    buf[d + x * channels + ch] = v
+
+
 def _page_kernel(layout: Layout):
-    """The page kernel for unresized layouts (fit="pad", or equal heights), specialised to one
-    geometry: the closure's constants give every row move a fixed length, so LLVM emits
-    straight-line 8-byte moves (`_move`), and Numba caches each closure on disk under its own
-    geometry. The general kernel reads the geometry from arrays at run time and moved bytes one
-    at a time. Measured on one core of the 2-core machine, 60k random pairs: mnist:fashion pages
-    23 -> 11 ms (the earlier word-copy kernel for plain halves), 28x28 grey beside 32x32 RGB
-    (mnist:svhn's geometry) 421 -> 50 ms. The source images of the sample `AHEAD` places ahead
-    are prefetched: pairs index both sources at random, so without it the kernel waits on memory
-    (an MNIST page took 3.3x as long as with the same indices in order; with the prefetch, 1.5x)."""
+    """The `.beton` page kernel specialised to one layout: the closure's constants give every row
+    move a fixed length, so LLVM emits straight-line 8-byte moves (`_move`), and resized sides
+    read their interpolation tables as constants; Numba caches each closure on disk under its
+    own geometry. The general kernel reads the geometry from arrays at run time and moved bytes
+    one at a time. Measured on one core of the 2-core machine, 60k random pairs: mnist:fashion
+    pages 23 -> 11 ms (the earlier word-copy kernel for plain halves), 28x28 grey beside 32x32
+    RGB (mnist:svhn's geometry) 421 -> 50 ms, the same with the grey side resized (fit="resize")
+    1,411 -> 258 ms. The source images of the sample `AHEAD` places ahead are prefetched:
+    pairs index both sources at random, so without it the kernel waits on memory (an MNIST page
+    took 3.3x as long as with the same indices in order; with the prefetch, 1.5x)."""
     lgeo, rgeo = (tuple(int(v) for v in p.geo) for p in (layout.left, layout.right))
     key = (layout.shape, lgeo, rgeo)
     with _PAGE_LOCK:
@@ -269,9 +299,11 @@ def _page_kernel(layout: Layout):
         height, channels = layout.height, layout.channels
         pitch = layout.width * channels
         size = height * pitch
-        lh, lw, lc, low, lcol0, _, ltop, lleft = lgeo
-        rh, rw, rc, row_, rcol0, _, rtop, rleft = rgeo
+        lh, lw, lc, low, lcol0, lresize, ltop, lleft = lgeo
+        rh, rw, rc, row_, rcol0, rresize, rtop, rleft = rgeo
         lsize, rsize = lh * lw * lc, rh * rw * rc
+        lrows, lcols, rrows, rcols = (layout.left.rows, layout.left.cols, layout.right.rows,
+                                      layout.right.cols)
 
         @njit(cache=True, nogil=True)
         def kernel(buf, first, count, left, right, left_idx, right_idx):
@@ -285,10 +317,18 @@ def _page_kernel(layout: Layout):
                     for w in range(0, rsize, 64):
                         prefetch(right, b_next + w)
                 base = k * size
-                _pad_half(buf, base, left, left_idx[i] * lsize, height, pitch, channels, lcol0,
-                          low, ltop, lleft, lh, lw, lc)
-                _pad_half(buf, base, right, right_idx[i] * rsize, height, pitch, channels, rcol0,
-                          row_, rtop, rleft, rh, rw, rc)
+                if lresize:
+                    _resize_half(buf, base, left, left_idx[i] * lsize, height, pitch, channels,
+                                 lcol0, low, lw, lc, lrows, lcols)
+                else:
+                    _pad_half(buf, base, left, left_idx[i] * lsize, height, pitch, channels,
+                              lcol0, low, ltop, lleft, lh, lw, lc)
+                if rresize:
+                    _resize_half(buf, base, right, right_idx[i] * rsize, height, pitch, channels,
+                                 rcol0, row_, rw, rc, rrows, rcols)
+                else:
+                    _pad_half(buf, base, right, right_idx[i] * rsize, height, pitch, channels,
+                              rcol0, row_, rtop, rleft, rh, rw, rc)
 
         _PAGE_KERNELS[key] = kernel
         return kernel
@@ -315,13 +355,8 @@ def fill_composed(buf: np.ndarray, first: int, count: int, left_images: np.ndarr
     """The `.beton` page kernel: compose samples first..first+count-1 back to back into the page
     buffer `buf` (uint8 [page_size]). Serial and GIL-free: the writer runs one per core on
     different pages (a parallel kernel beside an I/O thread oversubscribes the cores)."""
-    lp, rp = layout.left, layout.right
-    if not lp.geo[5] and not rp.geo[5]:  # no resizing
-        _page_kernel(layout)(buf, first, count, _flat(left_images), _flat(right_images), left_idx,
-                            right_idx)
-        return
-    _fill_composed(buf, first, count, layout.height, layout.width, layout.channels, left_images,
-                   right_images, left_idx, right_idx, lp.geo, lp.rows, lp.cols, rp.geo, rp.rows, rp.cols)
+    _page_kernel(layout)(buf, first, count, _flat(left_images), _flat(right_images), left_idx,
+                         right_idx)
 
 
 def fill_composed_numpy(buf, first, count, left_images, right_images, left_idx, right_idx,

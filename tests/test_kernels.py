@@ -74,7 +74,9 @@ LAYOUTS = [((28, 28, 1), (28, 28, 1), "pad"), ((28, 28, 1), (32, 32, 3), "pad"),
            ((32, 32, 3), (32, 32, 3), "pad"), ((30, 30, 1), (30, 30, 1), "pad"),
            ((7, 7, 1), (7, 7, 1), "pad"), ((27, 27, 1), (32, 32, 3), "pad"),
            ((32, 32, 3), (20, 31, 1), "pad"), ((5, 5, 1), (9, 9, 1), "pad"),
-           ((8, 3, 1), (10, 10, 3), "pad"), ((28, 28, 1), (32, 32, 2), "pad")]
+           ((8, 3, 1), (10, 10, 3), "pad"), ((28, 28, 1), (32, 32, 2), "pad"),
+           # resized RGB sides (per channel) and a resized grey side replicated to RGB
+           ((16, 16, 3), (32, 32, 3), "resize"), ((20, 30, 3), (28, 28, 1), "resize")]
 
 
 @pytest.mark.parametrize("left_shape,right_shape,fit", LAYOUTS)
