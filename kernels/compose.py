@@ -3,8 +3,9 @@ by side (HWC uint8).
 
 `plan_layout` decides the geometry once per dataset (NumPy); `compose_one` applies it to one sample
 (Numba); `compose` runs it over a batch; `compose_numpy` is the reference twin. `fill_composed`,
-the `.beton` page kernel, runs a kernel specialised to the layout's geometry (`_page_kernel`)
-unless a side is resized; `fill_composed_numpy` is its twin.
+the `.beton` page kernel, runs a kernel specialised to the layout's geometry (`_page_kernel`);
+`fill_composed_numpy` is its twin, and `_fill_composed` (the general kernel, geometry read at run
+time) is the baseline `bench/test_data_bench.py` measures it against.
 
 fit="pad" (default): the common height H is the larger one; the smaller image is zero-padded by the
 same border on every side (so a square stays square: 28x28 in a 32-high row becomes 32x32) and

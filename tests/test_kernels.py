@@ -4,8 +4,8 @@ import pytest
 import scipy.stats
 
 from engine.kernels import beton as page
-from engine.kernels.compose import (compose, compose_numpy, fill_composed, fill_composed_numpy,
-                                    plan_layout)
+from engine.kernels.compose import (_fill_composed, compose, compose_numpy, fill_composed,
+                                    fill_composed_numpy, plan_layout)
 from engine.kernels.pairing import class_index, draw_pairing, pair, pair_numpy
 from engine.data.stats import contingency, cramers_v, label_stats
 
@@ -96,6 +96,11 @@ def test_compose_kernels_match_numpy_twin(left_shape, right_shape, fit):
     fill_composed(buf_k, 100, 120, left, right, li, ri, layout)
     fill_composed_numpy(buf_t, 100, 120, left, right, li, ri, layout)
     np.testing.assert_array_equal(buf_k, buf_t)
+    buf_g = np.full_like(buf_k, 0xAB)  # the general kernel, the benchmark's baseline
+    lp, rp = layout.left, layout.right
+    _fill_composed(buf_g, 100, 120, *layout.shape, left, right, li, ri, lp.geo, lp.rows, lp.cols,
+                   rp.geo, rp.rows, rp.cols)
+    np.testing.assert_array_equal(buf_g, buf_t)
     np.testing.assert_array_equal(buf_k[:sample * 120].reshape((120,) + layout.shape), got[100:220])
 
 
