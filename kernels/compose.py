@@ -16,6 +16,7 @@ Grey is replicated to RGB when the other side is RGB.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -182,6 +183,7 @@ def compose_numpy(left_images, right_images, left_idx, right_idx, layout: Layout
 
 
 AHEAD = 16  # samples prefetched ahead; 8-48 measured within 10% of each other
+LITTLE_ENDIAN = sys.byteorder == "little"  # the two-pixel store lays its bytes out little-endian
 _PAGE_KERNELS: dict = {}
 _PAGE_LOCK = threading.Lock()  # the page writers' threads ask for the kernel at once
 
@@ -232,7 +234,7 @@ def _pad_half(buf, base, src, s0, height, pitch, channels, col0, out_w, top, lef
         n = src_w * channels
         for y in range(src_h):
             _move(buf, first + y * pitch, src, s0 + y * n, n)
-    elif channels == 3:  # grey replicated to RGB: two pixels per 8-byte store (see store8)
+    elif channels == 3 and LITTLE_ENDIAN:  # grey to RGB, two pixels per 8-byte store (store8)
         pairs = (src_w - 1) // 2  # the last store of a row writes at most its last byte
         for y in range(src_h):
             d, s = first + y * pitch, s0 + y * src_w
