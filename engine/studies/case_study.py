@@ -231,7 +231,7 @@ def run_case_study(study: str = "cats-dogs", *, out=None, arch: str = DEFAULTS["
     return write_report(out)
 
 
-# CLI (wired in engine/cli.py) ---------------------------------------------------------------------
+# CLI (wired in engine/cli_args.py) ----------------------------------------------------------------
 
 def add_parser(sub) -> None:
     """The `case-study` sub-command's arguments."""
