@@ -11,7 +11,8 @@ from engine.errors import EngineError
 from engine.spec import AliceSpec, BobSpec
 from engine.store import ResultsStore
 from engine.studies import case_study as cs
-from engine.studies.case_study_report import claims, write_report
+from engine.studies.case_study_claims import claims
+from engine.studies.case_study_report import write_report
 from test_tasks import write_jpeg_folder, write_npz
 
 NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
