@@ -124,13 +124,11 @@ def check_block_shuffles(pair: str, blocks, *, data_root=None, fit: str = "pad",
         shuffle_permutation(layout, b, 0)
 
 
-def planned_dataset(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
-                    n_test: int | None = None, data_root=None, fit: str = "pad",
-                    image_size: int = 32, block_shuffle: int | None = None
-                    ) -> tuple[DataSpec, tuple[int, int, int]]:
-    """The DataSpec `build_data` builds for these arguments and the (H, W, C) of its composed
-    images, from the (cached) sources' shapes and sizes only: lets a sweep find what is built and
-    size what is not before any work. Arguments are checked as `build_data` checks them."""
+def _plan(pair: str, beta, *, seed, n_train, n_test, data_root, fit, image_size, block_shuffle,
+          load) -> tuple[DataSpec, dict]:
+    """The DataSpec of `build_data`'s arguments, checked before any source is read, and the
+    loaded sources {(side, split): ...} for the (side, split) pairs in `load` (it must hold
+    ("left", "train") and ("left", "test"), whose sizes are the default counts)."""
     left, right = (_canonical_source(s) for s in parse_pair(pair))
     beta = _check_beta(beta)
     n_train, n_test = _check_count("n-train", n_train), _check_count("n-test", n_test)
@@ -141,12 +139,30 @@ def planned_dataset(pair: str, beta: float, *, seed: int = 0, n_train: int | Non
         raise EngineError(f"--seed must be a non-negative integer, got {seed!r}")
     image_size = _check_count("image-size", image_size)
     root = paths.data_root(data_root)
-    lt, rt = (sources.load(s, "train", root=root, image_size=image_size) for s in (left, right))
-    n_test = n_test or len(sources.load(left, "test", root=root, image_size=image_size).labels)
+    names = {"left": left, "right": right}
+    splits = {(side, split): sources.load(names[side], split, root=root, image_size=image_size)
+              for side, split in load}
     spec = DataSpec(left=left, right=right, beta=beta, seed=int(seed),
-                    n_train=n_train or len(lt.labels), n_test=n_test, fit=fit,
+                    n_train=n_train or len(splits["left", "train"].labels),
+                    n_test=n_test or len(splits["left", "test"].labels), fit=fit,
                     image_size=int(image_size), block_shuffle=block_shuffle)
-    return spec, plan_layout(lt.images.shape[1:], rt.images.shape[1:], fit).shape
+    return spec, splits
+
+
+def planned_dataset(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
+                    n_test: int | None = None, data_root=None, fit: str = "pad",
+                    image_size: int = 32, block_shuffle: int | None = None
+                    ) -> tuple[DataSpec, tuple[int, int, int]]:
+    """The DataSpec `build_data` builds for these arguments and the (H, W, C) of its composed
+    images, from the (cached) sources' shapes and sizes only: lets a sweep find what is built and
+    size what is not before any work. Arguments are checked as `build_data` checks them."""
+    spec, splits = _plan(pair, beta, seed=seed, n_train=n_train, n_test=n_test,
+                         data_root=data_root, fit=fit, image_size=image_size,
+                         block_shuffle=block_shuffle,
+                         load=[("left", "train"), ("left", "test"), ("right", "train")])
+    shape = plan_layout(splits["left", "train"].images.shape[1:],
+                        splits["right", "train"].images.shape[1:], fit).shape
+    return spec, shape
 
 
 def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = None,
@@ -157,12 +173,11 @@ def build_data(pair: str, beta: float, *, seed: int = 0, n_train: int | None = N
     block_shuffle: shuffle every composed image's B x B blocks with one fixed permutation
     (engine.kernels.shuffle; 1 = pixel shuffle; None = off)."""
     log = log or (lambda msg: None)
-    spec, _ = planned_dataset(pair, beta, seed=seed, n_train=n_train, n_test=n_test,
-                              data_root=data_root, fit=fit, image_size=image_size,
-                              block_shuffle=block_shuffle)
+    spec, splits = _plan(pair, beta, seed=seed, n_train=n_train, n_test=n_test,
+                         data_root=data_root, fit=fit, image_size=image_size,
+                         block_shuffle=block_shuffle,
+                         load=[(side, split) for side in ("left", "right") for split in SPLITS])
     root = paths.data_root(data_root)
-    splits = {(side, split): sources.load(src, split, root=root, image_size=spec.image_size)
-              for side, src in (("left", spec.left), ("right", spec.right)) for split in SPLITS}
     target = paths.dataset_dir(paths.datasets_out(out), spec.key)
     layout = plan_layout(splits["left", "train"].images.shape[1:],
                          splits["right", "train"].images.shape[1:], fit)
