@@ -128,9 +128,7 @@ def _setup(members: list[Member], cache: FeatureCache) -> Group:
     pnames = [n for n, _ in model.named_parameters() if n in tail]
     bnames = [n for n in tail if n not in pnames and not n.endswith("num_batches_tracked")]
     params = grouped.pack(program, states, pnames)
-    subsets = [cache.subsets[id(m)] if id(m) in cache.subsets
-               else subset_positions(len(m.train), m.spec.n_bob, m.spec.seed, device)
-               for m in members]
+    subsets = [cache.subsets[id(m)] for m in members]  # drawn once per train_group call
     group = Group(
         members=members, frozen=frozen, program=program, template=states[0], params=params,
         buffers=grouped.pack(program, states, bnames),
@@ -284,9 +282,9 @@ def _feature_cache(members: list[Member], frozen: int, budget: int, device,
                         store, subsets)
 
 
-def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
-    """Bytes of one member's tail weights with their gradient and optimizer state, of its
-    activations per sample, and of one sample's frozen features (all float32)."""
+def _sizes(m: Member, frozen: int) -> tuple[int, int]:
+    """Bytes of one member's tail weights with their gradient and optimizer state, and of its
+    activations per sample (float32)."""
     spec = m.spec
     model = build_model(spec.arch, m.train.input_shape, m.n_classes, depth=spec.depth,
                         width=spec.width, global_pool=spec.global_pool).eval()
@@ -295,14 +293,14 @@ def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
         acts = [x] + model.activations(x)  # acts[i]: the input of layer i
     weights = sum(p.numel() for p in model.layers[frozen:].parameters()) * 4 * STATE_COPIES
     act = sum(a.numel() for a in acts[frozen:]) * 4 * ACTIVATION_COPIES
-    return weights, act, acts[frozen].numel() * 4
+    return weights, act
 
 
 def _plan(members: list[Member], budget: int, max_group: int | None) -> list[list[int]]:
     """Consecutive member indices per group, each within `budget` bytes and `max_group` members.
     Frozen features are not counted: the FeatureCache holds them within its own budget."""
     m0 = members[0]
-    weights, act, _ = _sizes(m0, _key(m0)[6])
+    weights, act = _sizes(m0, _key(m0)[6])
     per_member = weights + act * m0.spec.batch_size
     cap = max(1, min(budget // per_member, max_group or len(members)))
     return [list(range(i, min(i + cap, len(members)))) for i in range(0, len(members), cap)]

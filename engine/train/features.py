@@ -1,4 +1,5 @@
-"""Frozen-prefix outputs shared between batched Bob runs (engine.train.batched).
+"""Frozen-prefix outputs shared between Bob runs: the members of batched groups
+(engine.train.batched) and, through `shared_inputs`, the runs of a unit that train alone.
 
 A member's frozen layers are a *source*'s first `depth` layers: Alice's, or the fresh draws of a
 seed (`("seed", s)`, random-frozen). Layer i of a source is the same whatever the frozen depth
@@ -155,9 +156,9 @@ class FeatureCache:
     in all. An entry is dropped once none of its `users` is still to train."""
 
     def __init__(self, budget: int, wanted: dict[tuple, Tensor], users: dict[tuple, int],
-                 store: PrefixStore | None = None, subsets: dict[int, Tensor] | None = None):
+                 store: PrefixStore | None, subsets: dict[int, Tensor]):
         self.budget, self.wanted, self.users, self.store = budget, wanted, users, store
-        self.subsets = subsets or {}  # id(member) -> its training subset's rows, drawn once
+        self.subsets = subsets  # id(member) -> its training subset's rows, drawn once
         self.entries: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}  # rows, feats, labels
 
     def bytes(self) -> int:
