@@ -79,15 +79,8 @@ class DeviceData:
                     ) -> DeviceData:
         """Upload uint8 NHWC `images` and their labels; compute (mean, std) unless `stats` given."""
         device = torch.device(device)
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-            got = f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}"
-            raise EngineError(f"images must be a uint8 array shaped [N, H, W, C], got {got}")
-        n = len(images)
-        if n == 0:
-            raise EngineError("the dataset has no images")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
-            host = torch.from_numpy(np.ascontiguousarray(images))
+        host = _host_tensor(images, np.uint8, 4, "images", "[N, H, W, C]", "images")
+        n = len(host)
         # NHWC memory viewed as NCHW is channels-last; make it plain NCHW where that is faster.
         x = host.to(device, copy=True).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=_memory_format(device))
@@ -107,15 +100,8 @@ class DeviceData:
         """Upload float32 feature vectors [N, D] as they are, held as [N, 1, 1, D] (so
         `input_shape` is (1, D, 1), which the mlp flattens back to D), with mean 0 and std 1."""
         device = torch.device(device)
-        if not isinstance(features, np.ndarray) or features.dtype != np.float32 or features.ndim != 2:
-            got = f"{getattr(features, 'dtype', type(features))} {getattr(features, 'shape', '')}"
-            raise EngineError(f"features must be a float32 array shaped [N, D], got {got}")
-        n = len(features)
-        if n == 0:
-            raise EngineError("the dataset has no samples")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
-            host = torch.from_numpy(np.ascontiguousarray(features))
+        host = _host_tensor(features, np.float32, 2, "features", "[N, D]", "samples")
+        n = len(host)
         x = host.to(device, copy=True).view(n, 1, 1, -1)
         ones = torch.ones(1, device=device)
         return cls(x, _upload_labels(labels, n, device), ones - 1, ones)
@@ -157,6 +143,19 @@ class DeviceData:
             return self.images[idx]
         x = self.images[idx].float().mul_(self._scale).add_(self._shift)
         return x.contiguous(memory_format=_memory_format(self.device))
+
+
+def _host_tensor(array, dtype, ndim: int, name: str, shape: str, items: str) -> Tensor:
+    """`array` checked (a non-empty `dtype` ndarray of `ndim` dimensions) as a CPU tensor."""
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != ndim:
+        got = f"{getattr(array, 'dtype', type(array))} {getattr(array, 'shape', '')}"
+        raise EngineError(f"{name} must be a {np.dtype(dtype).name} array shaped {shape}, "
+                          f"got {got}")
+    if len(array) == 0:
+        raise EngineError(f"the dataset has no {items}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only memmaps: we copy, never write
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def _upload_labels(labels: dict[str, np.ndarray], n: int, device: torch.device) -> dict[str, Tensor]:
