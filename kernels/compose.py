@@ -283,15 +283,29 @@ def _resize_half(buf, base, src, s0, height, pitch, channels, col0, out_w, src_w
                     buf[d + x * channels + ch] = v
 
 
+@njit(nogil=True, inline="always")
+def _half(buf, base, src, s0, height, pitch, channels, src_h, src_w, src_c, out_w, col0, resize,
+          top, left, rows, cols):
+    """One half of a sample, its geometry (a `SidePlan.geo` spelled out) `_page_kernel`'s
+    constants: resized or padded; the branch not taken compiles away."""
+    if resize:
+        _resize_half(buf, base, src, s0, height, pitch, channels, col0, out_w, src_w, src_c, rows,
+                     cols)
+    else:
+        _pad_half(buf, base, src, s0, height, pitch, channels, col0, out_w, top, left, src_h,
+                  src_w, src_c)
+
+
 def _page_kernel(layout: Layout):
     """The `.beton` page kernel specialised to one layout: the closure's constants give every row
     move a fixed length, so LLVM emits straight-line 8-byte moves (`_move`), and resized sides
     read their interpolation tables as constants; Numba caches each closure on disk under its
     own geometry. The general kernel reads the geometry from arrays at run time and moved bytes
-    one at a time. Measured on one core of the 2-core machine, 60k random pairs: mnist:fashion
-    pages 23 -> 11 ms (the earlier word-copy kernel for plain halves), 28x28 grey beside 32x32
-    RGB (mnist:svhn's geometry) 421 -> 50 ms, the same with the grey side resized (fit="resize")
-    1,411 -> 258 ms. The source images of the sample `AHEAD` places ahead are prefetched:
+    one at a time. On one core of the 2-core machine, 60k random pairs (bench/test_data_bench.py):
+    28x28 grey beside 32x32 RGB (mnist:svhn's geometry) 404-412 -> 46-52 ms, the same with the
+    grey side resized (fit="resize") 1,357-1,374 -> 245-248 ms; mnist:fashion pages took 22-23 ms
+    with the earlier word-copy kernel for plain halves, 10-11 ms with this one (timed by a
+    script). The source images of the sample `AHEAD` places ahead are prefetched:
     pairs index both sources at random, so without it the kernel waits on memory (an MNIST page
     took 3.3x as long as with the same indices in order; with the prefetch, 1.5x)."""
     lgeo, rgeo = (tuple(int(v) for v in p.geo) for p in (layout.left, layout.right))
@@ -320,18 +334,10 @@ def _page_kernel(layout: Layout):
                     for w in range(0, rsize, 64):
                         prefetch(right, b_next + w)
                 base = k * size
-                if lresize:
-                    _resize_half(buf, base, left, left_idx[i] * lsize, height, pitch, channels,
-                                 lcol0, low, lw, lc, lrows, lcols)
-                else:
-                    _pad_half(buf, base, left, left_idx[i] * lsize, height, pitch, channels,
-                              lcol0, low, ltop, lleft, lh, lw, lc)
-                if rresize:
-                    _resize_half(buf, base, right, right_idx[i] * rsize, height, pitch, channels,
-                                 rcol0, row_, rw, rc, rrows, rcols)
-                else:
-                    _pad_half(buf, base, right, right_idx[i] * rsize, height, pitch, channels,
-                              rcol0, row_, rtop, rleft, rh, rw, rc)
+                _half(buf, base, left, left_idx[i] * lsize, height, pitch, channels, lh, lw, lc,
+                      low, lcol0, lresize, ltop, lleft, lrows, lcols)
+                _half(buf, base, right, right_idx[i] * rsize, height, pitch, channels, rh, rw, rc,
+                      row_, rcol0, rresize, rtop, rleft, rrows, rcols)
 
         _PAGE_KERNELS[key] = kernel
         return kernel
