@@ -45,3 +45,16 @@ def test_readme_names_only_what_exists():
         for line in block.splitlines():
             if line.startswith(("from engine", "import engine")):
                 exec(line.split("#")[0], {})
+
+
+def test_readme_documents_every_command_and_analysis():
+    """Each sub-command and each `engine analyze` kind has its place in the README (four analysis
+    sections were once lost in an unrelated edit)."""
+    from engine.cli import COMMANDS
+    from engine.cli_args import ANALYSES
+    text = (ROOT / "README.md").read_text()
+    missing = [f"engine {c}" for c in COMMANDS if f"engine {c}" not in text]
+    headings = [line for line in text.splitlines() if line.startswith("### ")]
+    missing += [f"engine analyze {k}" for k in ANALYSES
+                if not any(f"engine analyze {k} " in h for h in headings)]
+    assert missing == []
