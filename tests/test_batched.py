@@ -114,12 +114,14 @@ def _serial(m: Member, monkeypatch) -> dict:
             "train_loss": fit["train_loss"], "losses": losses, "state": state}
 
 
-def _batched(members: list[Member], perturb=None, after_step=None, budget=None) -> list[dict]:
+def _batched(members: list[Member], perturb=None, after_step=None, budget=None,
+             size=None) -> list[dict]:
     """One group through batched's own stages, so tests can perturb it; members in order.
-    `budget` (bytes) None: the device's; 0: no frozen-feature cache (the prefix runs per step)."""
+    `budget` (bytes) None: the device's; 0: no frozen-feature cache (the frozen layers run in
+    the step); `size`: slots, padded with dummies."""
     budget = trainer.feature_budget(torch.device("cpu")) if budget is None else budget
     cache = batched._feature_cache(members, batched._key(members[0])[6], budget, "cpu")
-    group = batched._setup(members, cache)
+    group = batched._setup(members, cache, size)
     losses = [[] for _ in members]
 
     def on_step(s, loss, g):

@@ -101,10 +101,10 @@ def train_unit(unit: WorkUnit, train, test, n_classes: int, alice_state: dict | 
                              device, max_group))
 
 
-def train_groups(members: Iterable, device: torch.device,
-                 max_group: int | None) -> Iterator[Result]:
+def train_groups(members: Iterable, device: torch.device, max_group: int | None,
+                 log: Callable[[str], None] | None = None) -> Iterator[Result]:
     """Batched-trainer members bucketed by group shape (engine.train.batched.group_key), each
-    bucket trained as one group; (spec, metrics) per member."""
+    bucket trained as one group; (spec, metrics) per member. `log` gets compile times."""
     from engine.train import batched
     groups: dict[tuple, list] = {}
     for m in members:
@@ -115,7 +115,7 @@ def train_groups(members: Iterable, device: torch.device,
     store = PrefixStore(device=device)
     for key in sorted(groups, key=lambda k: k[6]):
         bucket = groups[key]
-        metrics = batched.train_group(bucket, device, max_group=max_group, store=store)
+        metrics = batched.train_group(bucket, device, max_group=max_group, store=store, log=log)
         yield from ((m.spec, r) for m, r in zip(bucket, metrics))
 
 
@@ -246,7 +246,7 @@ class BatchedExecutor(Executor):
                                                                 alone), inputs, serial_cache, store)
                 members += [batched.Member(s, train, test, alice, classes)
                             for s in unit.specs if s not in alone]
-            yield from train_groups(members, ctx.device, ctx.max_group)
+            yield from train_groups(members, ctx.device, ctx.max_group, ctx.log)
 
     @staticmethod
     def _chunks(units: list[WorkUnit], ctx: Context) -> Iterator[list[WorkUnit]]:

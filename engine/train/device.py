@@ -9,7 +9,9 @@ samples everywhere.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +35,44 @@ def _autocast(device: torch.device):
     if _is_cuda(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def usable_memory(device: torch.device) -> int:
+    """Bytes a trainer may still take on `device`. CUDA: the driver's free memory plus what
+    torch's caching allocator holds reserved but unallocated (`mem_get_info` alone counts that
+    as used, so after one group freed its tensors the next would be planned too small). Host:
+    MemAvailable."""
+    if _is_cuda(device):
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """One budget of the batched trainer split in three shares that do not overlap, in bytes:
+    frozen-prefix outputs of one `train_group` call (FeatureCache), the groups training at once
+    (weights, optimizer state, activations), and the prefix outputs kept across calls
+    (PrefixStore). A tenth of what is usable is left for the allocator's fragmentation and
+    evaluation passes."""
+    features: int
+    groups: int
+    store: int
+
+    SHARES = (0.45, 0.3, 0.15)  # of usable memory; the rest is headroom
+
+    @classmethod
+    def of(cls, device: torch.device, usable: int | None = None) -> MemoryPlan:
+        usable = usable_memory(torch.device(device)) if usable is None else usable
+        f, g, s = (int(usable * share) for share in cls.SHARES)
+        return cls(f, g, s)
 
 
 def draw_subset(n_total: int, n: int, seed: int) -> Tensor:

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from engine.spec import BobSpec
-from engine.train.device import DeviceData, _autocast, _memory_format, draw_subset
-from engine.train.trainer import CHUNK, Runner, feature_budget, frozen_features
+from engine.train.device import (DeviceData, MemoryPlan, _autocast, _memory_format,
+                                 draw_subset)
+from engine.train.trainer import CHUNK, Runner, frozen_features
 
 # Cached prefix outputs replace recomputing the prefix in a one-pass fit only when the prefix does
 # at least this many FLOPs per byte of output. Measured on the 2-core CPU for the reference cnn's
@@ -96,11 +97,11 @@ def _nbytes(t: Tensor) -> int:
 
 class PrefixStore:
     """The deepest prefix output computed so far per (source, split), within `budget` bytes
-    (default: a quarter of `feature_budget(device)`, beside the FeatureCache's share); the
-    oldest entries make room for new ones."""
+    (default: the store's share of the device's `MemoryPlan`, beside the FeatureCache's and the
+    groups' shares); the oldest entries make room for new ones."""
 
     def __init__(self, budget: int | None = None, device: str | torch.device = "cpu"):
-        self.budget = feature_budget(torch.device(device)) // 4 if budget is None else budget
+        self.budget = MemoryPlan.of(torch.device(device)).store if budget is None else budget
         self.entries: dict[tuple, tuple[int, Tensor, Tensor]] = {}  # key -> depth, rows, output
 
     def start(self, key: tuple, rows: Tensor, depth: int) -> tuple[int, Tensor | None]:

@@ -8,10 +8,21 @@ NCHW: 3.3x slower than serial for the cnn on the 2-core CPU.) The step takes (pa
 state, x, y, hyper) and returns new ones with loss[K] and correct[K]; gradients by torch.func,
 SGD/Adam written out with torch.optim's formulas. It compiles whole (fullgraph) with inductor.
 engine.train.batched owns members, data, training and evaluation around it.
+
+When a group's frozen-prefix outputs are not cached, the frozen layers run inside the same step,
+grouped over members like the trained ones (eval-mode BatchNorm, no gradient), from per-member
+stacked copies of each member's frozen weights.
+
+Compilation is static: `fullgraph=True, dynamic=False`, one graph per (program, optimizer, group
+size); the batched trainer pads group sizes to a multiple of `K_MULTIPLE` so that a sweep meets few
+sizes. No CUDA graphs: CUDA-graph trees free a generation's outputs when the next one starts, and
+this step's outputs (params, buffers, optimizer state) are the next step's inputs (torch
+2.11-2.14; pytorch issues 152887, 170604). They would need a persistent workspace updated in place.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import torch
@@ -20,7 +31,7 @@ from torch import Tensor, nn
 
 from engine.errors import EngineError
 from engine.train.models import Head
-from engine.train.device import _autocast, _is_cuda
+from engine.train.device import _autocast
 from engine.train.trainer import SGD_MOMENTUM
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fit` uses
@@ -28,10 +39,14 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fi
 
 # 1. The grouped network --------------------------------------------------------------------------
 
-def program(model: nn.Module, frozen: int) -> tuple:
-    """The tail (layers frozen..L-1) as a flat tuple of ops; names are state-dict prefixes."""
+K_MULTIPLE = 8  # group sizes are padded to a multiple of this when compiled
+
+
+def program(model: nn.Module, frozen: int, upto: int | None = None) -> tuple:
+    """Layers frozen..upto-1 (default: the whole tail, frozen..L-1) as a flat tuple of ops; names
+    are state-dict prefixes."""
     ops = []
-    for i in range(frozen, len(model.layers)):
+    for i in range(frozen, len(model.layers) if upto is None else upto):
         layer = model.layers[i]
         leaves = [(f"layers.{i}", layer)] if isinstance(layer, Head) else \
             [(f"layers.{i}.{j}", m) for j, m in enumerate(layer)]
@@ -58,8 +73,17 @@ def is_grouped(program: tuple, name: str) -> bool:
 
 
 def pack(program, states: list[dict], names: list[str]) -> dict[str, Tensor]:
+    """Members' tensors concatenated or stacked, with canonical (contiguous) strides: a
+    1-input-channel conv weight keeps a channels-last stride under `.contiguous()`, the step
+    returns it contiguous, and the next step would recompile for the new stride."""
     join = lambda n, ts: torch.cat(ts) if is_grouped(program, n) else torch.stack(ts)  # noqa: E731
-    return {n: join(n, [s[n] for s in states]).contiguous() for n in names}
+    return {n: join(n, [s[n] for s in states]).clone(memory_format=torch.contiguous_format)
+            for n in names}
+
+
+def padded_size(K: int) -> int:
+    """The group size a compiled step runs: K rounded up to a multiple of K_MULTIPLE."""
+    return -(-K // K_MULTIPLE) * K_MULTIPLE
 
 
 def arrange(x: Tensor, first_op: str) -> Tensor:
@@ -110,16 +134,22 @@ def forward(program, params, buffers, x: Tensor, K: int, train: bool):
 
 # 2. The step -------------------------------------------------------------------------------------
 
-def _step(program, optimizer, params, buffers, opt, x, y, hyper):
-    """One SGD/Adam step for every member. x [K, B, ...] tail inputs, y [K, B]; hyper (float32):
-    [lr, Adam step size lr / (1 - beta1^t), sqrt(1 - beta2^t)]. Returns (params, buffers, opt,
-    mean loss [K], n correct [K])."""
+def _step(program, prefix, optimizer, params, buffers, opt, frozen, x, y, hyper):
+    """One SGD/Adam step for every member. x [K, B, ...]: the tail's inputs, or with a `prefix`
+    program the network's inputs, which the frozen layers (`frozen`: their stacked weights and
+    BN statistics) turn into the tail's inputs first; y [K, B]; hyper (float32): [lr, Adam step
+    size lr / (1 - beta1^t), sqrt(1 - beta2^t)]. Returns (params, buffers, opt, mean loss [K],
+    n correct [K]), all new tensors."""
     K = y.shape[0]
+    if prefix:
+        with torch.no_grad(), _autocast(x.device):
+            x, _ = forward(prefix, frozen, frozen, arrange(x, prefix[0][0]), K, False)
+    else:
+        x = arrange(x, program[0][0])
 
     def total_loss(p):
         with _autocast(x.device):
-            logits, new_buffers = forward(program, p, buffers, arrange(x, program[0][0]), K,
-                                           True)
+            logits, new_buffers = forward(program, p, buffers, x, K, True)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
         loss = loss.view(K, -1).mean(1)
         # Members are independent, so the gradient of the sum is each member's own gradient.
@@ -142,17 +172,25 @@ def _step(program, optimizer, params, buffers, opt, x, y, hyper):
 _STEPS: dict[tuple, Callable] = {}
 
 
-def step_fn(program, optimizer: str, device: torch.device, compile: bool) -> Callable:
-    """The step for one program, compiled once per (program, optimizer, device type): dynamo then
-    recompiles only for a new group shape."""
-    key = (program, optimizer, device.type, compile)
+def _use_engine_inductor_cache() -> None:
+    """Inductor's compiled graphs under the engine's cache directory, so a second sweep on this
+    machine loads them instead of compiling (unless the user chose a directory)."""
+    from engine import paths
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.cache_dir() / "inductor"))
+
+
+def step_fn(program, prefix: tuple, optimizer: str, device: torch.device, compile: bool,
+            backend: str = "inductor") -> Callable:
+    """The step for one (tail program, in-step prefix program), compiled once per optimizer and
+    device type: dynamo then compiles one graph per group shape, static (no symbolic sizes)."""
+    key = (program, prefix, optimizer, device.type, compile, backend)
     if key not in _STEPS:
-        fn = lambda *a: _step(program, optimizer, *a)  # noqa: E731
+        fn = lambda *a: _step(program, prefix, optimizer, *a)  # noqa: E731
         if compile:
+            _use_engine_inductor_cache()
             # Every program and group shape is one more entry on the same code object.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            mode = "reduce-overhead" if _is_cuda(device) else None  # CUDA graphs
-            fn = torch.compile(fn, fullgraph=True, backend="inductor", mode=mode)
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)
         _STEPS[key] = fn
     return _STEPS[key]
 

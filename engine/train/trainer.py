@@ -201,6 +201,10 @@ def run_epochs(epochs: int, batches: Callable[[], Iterable[tuple[Tensor, Tensor]
 
     Returns the last epoch's {"loss_sum", "correct", "seen" (samples per member), "steps" (all
     epochs)}; `on_epoch(epoch, that dict)` is called after every epoch (1-based).
+
+    A step's outputs are read only before the next step: the sums are new tensors from the
+    first step on, never a step's own output (a compiled step may reuse its outputs' memory,
+    as CUDA graphs do).
     """
     steps = 0
     last: dict = {}
@@ -209,8 +213,8 @@ def run_epochs(epochs: int, batches: Callable[[], Iterable[tuple[Tensor, Tensor]
         seen = 0
         for x, y in batches():
             loss, right = step(x, y)
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            correct = right if correct is None else correct + right
+            loss_sum = loss.clone() if loss_sum is None else loss_sum + loss
+            correct = right.clone() if correct is None else correct + right
             seen += y.shape[-1]
             steps += 1
         last = {"loss_sum": loss_sum, "correct": correct, "seen": seen, "steps": steps}
