@@ -1,5 +1,6 @@
 # `make demo` and `make test` do all set-up on a fresh Debian/Ubuntu machine, and are idempotent:
-# system packages FFCV needs (installed when root, otherwise the exact command is printed), a
+# system packages FFCV needs and the headless browser the report-page tests open pages in
+# (installed when root, otherwise the exact command is printed), a
 # virtual environment in .venv, torch, then the project with its dev extras.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.engine-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+# Optional: installed where the distribution has it; without it the browser tests skip, saying why.
+APT_OPTIONAL := chromium-headless-shell
 
 .PHONY: demo test bench install system-packages clean
 
@@ -29,14 +32,25 @@ system-packages:
 	$(PYTHON) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
 	  || need="$$need python3-dev"; \
 	missing=""; for p in $$need; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	optional=""; for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || optional="$$optional $$p"; done; \
+	if [ -n "$$missing$$optional" ] && [ "$$(id -u)" = 0 ]; then apt-get update -qq; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
 	    echo "missing system packages; run: sudo apt-get install -y$$missing" >&2; exit 1; \
 	  fi; \
-	fi
+	fi; \
+	for p in $$optional; do \
+	  if [ "$$(id -u)" = 0 ] && apt-cache policy $$p 2>/dev/null | grep -q 'Candidate: [0-9]'; then \
+	    echo "installing system package $$p"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p >/dev/null \
+	      || echo "note: $$p could not be installed; the tests that need it will skip" >&2; \
+	  else \
+	    echo "note: $$p is not installed (sudo apt-get install -y $$p); the tests that need it will skip" >&2; \
+	  fi; \
+	done
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -73,6 +73,31 @@ def sweep_datasets(out: Path) -> Path:
     return out / "datasets"
 
 
+def sweep_file(out: Path) -> Path:
+    """The sweep's SweepSpec as JSON (engine.sweep.spec), written by the driver."""
+    return out / "sweep.json"
+
+
+def study_file(out: Path) -> Path:
+    """A case study's plan (engine.studies.case_study)."""
+    return out / "study.json"
+
+
+def run_state(out: Path) -> Path:
+    """What the driver is doing or last did under `out` (engine.sweep.state), for `engine status`."""
+    return out / "run-state.json"
+
+
+def report_dir(out: Path) -> Path:
+    """`engine report` (and the case study's report): PNGs, summary.md, report.html."""
+    return out / "report"
+
+
+def report_page(directory: Path) -> Path:
+    """The self-contained HTML page of a report directory (engine.pages)."""
+    return directory / "report.html"
+
+
 def alice_dir(out: Path, alice_id: str) -> Path:
     return out / "alice" / alice_id
 

@@ -122,8 +122,14 @@ def test_case_study_end_to_end_resumes_after_a_kill(data_root, tmp_path, monkeyp
     assert set(df["n_bob"]) == {8, 20} and len(set(df["alice_id"]) - {""}) == 10
     assert set(df.loc[df["n_bob"] == 8, "epochs"]) == {1}
     for name in ("summary.md", "accuracy.csv", "best_depth.csv", "gain.csv", "gain.png",
-                 "best_depth.png", "acc_vs_depth_n8.png", "acc_vs_depth_n20.png"):
+                 "best_depth.png", "acc_vs_depth_n8.png", "acc_vs_depth_n20.png", "report.html"):
         assert (report / name).is_file(), name
+    from browser import assert_not_blank, render
+    page = (report / "report.html").read_text()
+    assert "cifar-vehicles" in page and page.count("<img") == 4 and "inconclusive" in page
+    shown = render(report / "report.html", tmp_path / "browser")
+    assert (shown.images, shown.loaded) == (4, 4)
+    assert_not_blank(shown.screenshot)
     text = (report / "summary.md").read_text()
     assert "cifar-vehicles" in text and "| claim | here | verdict |" in text
     assert text.count("**holds**") + text.count("**does not hold**") + \

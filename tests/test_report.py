@@ -101,7 +101,7 @@ def test_report_writes_valid_pngs_and_summary(tmp_path):
     make_store(tmp_path, monotone, n_bobs=(100, 1000))
     paths = write_report(tmp_path)
     names = {p.name for p in paths}
-    expected = {"summary.md", "best_depth_mnist-fashion_mlp.png"}
+    expected = {"summary.md", "report.html", "best_depth_mnist-fashion_mlp.png"}
     for n in ("_n100", "_n1000"):
         expected |= {f"baselines_mnist-fashion_mlp{n}.png"}
         for mode in ("finetune", "reinit", "scratch", "random-frozen"):
@@ -114,7 +114,7 @@ def test_report_writes_valid_pngs_and_summary(tmp_path):
             data = path.read_bytes()
             assert data[:8] == PNG_SIGNATURE and len(data) > 5000, path.name
     summary = _summary(tmp_path)
-    for name in names - {"summary.md"}:
+    for name in names - {"summary.md", "report.html"}:
         assert f"`{name}`" in summary
     assert "- runs: 120" in summary and "- n_bob: 100, 1000" in summary
     assert "monotone non-decreasing in beta at 3/3 depths" in summary

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from engine.analysis.select import spearman
-from engine.sweep.report import _save
+from engine.pages import save_png as _save
 
 
 def _grid(rows: int, cols: int, w: float = 3.2, h: float = 2.8):

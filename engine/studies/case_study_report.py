@@ -8,7 +8,8 @@ the results store, keeps the study's run IDs, and writes to `<out>/report/`:
   and the best depths of the single seeds;
 - `gain.csv`: per (task, n_bob) the gain over scratch, in points, at the task's best (l, mode)
   (chosen on the mean over seeds), mean and std over seeds of the per-seed differences;
-- `acc_vs_depth_n<n>.png`, `best_depth.png`, `gain.png`, `summary.md`.
+- `acc_vs_depth_n<n>.png`, `best_depth.png`, `gain.png`, `summary.md`, and `report.html` (engine.pages:
+  the same tables and verdicts, the figures embedded, the study's options).
 
 Verdicts come from engine.studies.case_study_claims. The best (l, mode) is picked on the same test
 photos that measure the gain, which biases gains upward by a little; the comparison across tasks
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from engine import pages
 from engine.atomic import atomic_path, write_bytes
 from engine.errors import EngineError
 from engine.store import ResultsStore
@@ -111,10 +113,7 @@ def gains(df: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
 
 # Figures -----------------------------------------------------------------------------------------
 
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+_save = pages.save_png
 
 
 def _acc_vs_depth(acc: pd.DataFrame, order: list[str], n: int, chance: float, path: Path) -> Path:
@@ -267,6 +266,31 @@ def summary_text(study: dict, df: pd.DataFrame, acc: pd.DataFrame, best: pd.Data
     return "\n".join(lines)
 
 
+def _page(study: dict, df: pd.DataFrame, best: pd.DataFrame, gain: pd.DataFrame,
+          found: list[dict], figures: list[Path], path: Path) -> Path:
+    tasks = pd.DataFrame([{"task": t, "relation": info["relation"],
+                           "classes": ", ".join(info["classes"]),
+                           "Alice's test accuracy (%)": 100 * df.loc[df["task"] == t,
+                                                                       "alice_test_acc"].mean()}
+                          for t, info in study["tasks"].items() if t in set(df["task"])])
+    gain_view = gain.assign(gain=gain["gain"].round(2), gain_std=gain["gain_std"].round(2),
+                            scratch_acc=(100 * gain["scratch_acc"]).round(1))
+    sections = [
+        pages.Text(f"Bob: {study['bob']['dataset']} ({', '.join(study['bob']['classes'])}); "
+                   f"{len(df)} of {len(study['run_ids'])} planned runs are in the store."),
+        pages.Heading("The paper's claims beside these data"),
+        pages.Table(pd.DataFrame(found, columns=["claim", "evidence", "verdict"])
+                    if found else pd.DataFrame({"claim": ["(no gains to judge yet)"]})),
+        pages.Heading("Alice's tasks"), pages.Table(tasks),
+        pages.Heading("Gain over scratch (points) at the best depth"),
+        pages.Table(gain_view, "gain and gain_std: points; scratch_acc: %"),
+        pages.Heading("Best depth per task, mode and n_bob"), pages.Table(best),
+        pages.Heading("Figures"), *[pages.Image(p, p.name) for p in figures],
+        pages.Heading("Options (study.json)"),
+        pages.Pre(json.dumps(study["options"], indent=2))]
+    return pages.write_page(path, f"Case study {study['study']}", sections)
+
+
 def write_report(out) -> Path:
     """Write `<out>/report/` (see the module docstring); returns that directory."""
     out = Path(out)
@@ -290,4 +314,5 @@ def write_report(out) -> Path:
     found = claims(study, gain, best) if not gain.empty else []
     write_bytes(report / "summary.md",
                 summary_text(study, df, acc, best, gain, found, figures).encode())
+    _page(study, df, best, gain, found, figures, report / "report.html")
     return report

@@ -6,8 +6,8 @@ setting (similarity s, target sample size n) is
 
     l*(s, n) = argmax over {0 (scratch), 1, ..., L} of the mean Bob test accuracy over seeds,
 
-ties going to the smallest l. Accuracies are drawn in percent. Figures are drawn on
-`matplotlib.figure.Figure` (Agg when saved), so no pyplot state is touched.
+ties going to the smallest l. Accuracies are drawn in percent. Figures and the page are drawn
+and written through engine.pages.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.atomic import atomic_path
+from engine import pages
 
 CELL = ["beta", "n_bob", "mode", "retrain_from"]
 # Best depths are small integers, so lines often coincide; these keep them distinguishable.
@@ -65,10 +65,7 @@ def format_best(best: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+_save = pages.save_png
 
 
 def _depth_axis(ax, n_layers: int) -> None:
@@ -129,18 +126,27 @@ def _acc_vs_depth(c: pd.DataFrame, n_layers: int, chance: float, path: Path) -> 
 
 
 def write_figures(table: pd.DataFrame, directory: Path) -> list[Path]:
-    """best_depth_vs_n_target.png, best_depth_vs_overlap.png and acc_vs_depth.png for `table`
-    (results rows of one manifold sweep) in `directory`; none when there are no rows."""
+    """best_depth_vs_n_target.png, best_depth_vs_overlap.png, acc_vs_depth.png and report.html
+    (engine.pages: the three figures and the best-depth table) for `table` (results rows of one
+    manifold sweep) in `directory`; none when there are no rows."""
     if table.empty:
         return []
     directory.mkdir(parents=True, exist_ok=True)
     c = cells(table)
     n_layers = int(table["n_layers"].max())
     best = best_depths(table)
-    return [
+    figures = [
         _best_vs(best, "n_target", "overlap", n_layers, directory / "best_depth_vs_n_target.png",
                  xlabel="target training samples n", line_label="overlap", log_x=True),
         _best_vs(best, "overlap", "n_target", n_layers, directory / "best_depth_vs_overlap.png",
                  xlabel="source-target overlap (similarity)", line_label="n =", log_x=False),
         _acc_vs_depth(c, n_layers, float(table["chance"].mean()), directory / "acc_vs_depth.png"),
     ]
+    page = pages.write_page(directory / "report.html", "Correlated hidden-manifold sweep", [
+        pages.Text("Best retrain-from layer l* (0 = scratch) per source-target overlap and target "
+                   f"sample size n; L = {n_layers}; accuracies in %."),
+        pages.Table(best.assign(best_acc=100 * best["best_acc"],
+                                scratch_acc=100 * best["scratch_acc"], gain=100 * best["gain"]),
+                    "best depth per (overlap, n_target)"),
+        *[pages.Image(p, p.name) for p in figures]])
+    return figures + [page]

@@ -1,7 +1,9 @@
 """`engine report DIR`: figures under DIR/report/ and a summary.md whose findings are computed from
 the stored runs. Accuracies are shown in percent; "points" are percentage points.
 
-Figures are drawn on `matplotlib.figure.Figure` (Agg when saved), so no pyplot state is touched.
+Figures are drawn and saved through engine.pages (no pyplot state is touched), which also writes
+`report.html`: every figure embedded with its finding, the depth x beta tables, the sweep's spec
+(`sweep.json`), the figures of any `engine analyze` run on DIR, and the engine version.
 With several n_bob values, per-mode figures get a `_n<n_bob>` suffix, one per value; with several
 block-shuffle sizes, every figure gets a `_blk<B>` suffix (`_blknone` unshuffled), one per size, and
 `acc_vs_block_*` compares the best Alice-based run with scratch across sizes.
@@ -15,7 +17,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engine.atomic import atomic_path, write_bytes
+from engine import pages
+from engine.atomic import write_bytes
 from engine.sweep.results import ALICE_MODES, block_name, cells, load, modes
 
 
@@ -23,10 +26,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name))
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+_save = pages.save_png
 
 
 def _b(beta: float) -> str:
@@ -269,13 +269,54 @@ def _what_was_run(df: pd.DataFrame) -> list[str]:
     ]
 
 
+def _tables(c: pd.DataFrame) -> list[pages.Table]:
+    """The depth x beta tables of `engine results` (mean ± std over seeds, %) as page tables."""
+    tables = []
+    shuffles = c["block_shuffle"].nunique() > 1
+    for (pair, arch, shuffle, mode, n_bob), block in c.groupby(
+            ["pair", "arch", "block_shuffle", "mode", "n_bob"], sort=True):
+        text = block.assign(cell=[f"{100 * m:.1f}" + (f" ± {100 * s:.1f}" if n > 1 else "")
+                                  for m, s, n in zip(block["mean"], block["std"], block["n"])])
+        grid = text.pivot(index="retrain_from", columns="beta", values="cell").fillna("")
+        grid.columns = [f"beta {_b(b)}" for b in grid.columns]
+        grid.insert(0, "l", grid.index)
+        caption = (f"{pair}, {arch}" + (f", blocks {block_name(shuffle)}" if shuffles else "")
+                   + f", {mode}, n_bob={n_bob}: Bob test accuracy (%)")
+        tables.append(pages.Table(grid.reset_index(drop=True), caption))
+    return tables
+
+
+def _page(out: Path, df: pd.DataFrame, c: pd.DataFrame, figures: list[tuple[Path, str]],
+          path: Path) -> Path:
+    from engine import paths
+    sections: list[pages.Section] = [
+        pages.Heading("What was run"), pages.Text([line[2:] for line in _what_was_run(df)]),
+        pages.Heading("Findings"), pages.Text([f"{p.stem}: {f}" for p, f in figures]),
+        pages.Heading("Figures")]
+    sections += [pages.Image(p, f"{p.name}: {f}") for p, f in figures]
+    sections += [pages.Heading("Results"), *_tables(c)]
+    analyses = sorted(paths.analysis_dir(out).glob("*.png"))
+    if analyses:
+        sections += [pages.Heading("Analyses (engine analyze)")]
+        sections += [pages.Image(p, p.name) for p in analyses]
+    spec = paths.sweep_file(out)
+    if spec.is_file():
+        sections += [pages.Heading("Sweep spec (sweep.json)"), pages.Pre(spec.read_text())]
+    return pages.write_page(path, f"Transfer report: {out}", sections)
+
+
 def write_report(out: Path) -> list[Path]:
-    """Write the figures and summary.md under out/report/; return their paths."""
+    """Write the figures, summary.md and report.html under out/report/; return their paths."""
+    from engine import paths
     out = Path(out)
     df = load(out)
     c = cells(df)
-    report = out / "report"
-    report.mkdir(parents=True, exist_ok=True)
+    report = paths.report_dir(out)
+    try:
+        report.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from engine.atomic import os_error
+        raise os_error(exc, "create", report) from None
     figures: list[tuple[Path, str]] = []
 
     def add(name: str, draw, *args) -> None:
@@ -313,4 +354,5 @@ def write_report(out: Path) -> list[Path]:
     lines += [f"- `{path.name}`: {finding}" for path, finding in figures]
     summary = report / "summary.md"
     write_bytes(summary, ("\n".join(lines) + "\n").encode())
-    return [path for path, _ in figures] + [summary]
+    page = _page(out, df, c, figures, paths.report_page(report))
+    return [path for path, _ in figures] + [summary, page]
