@@ -22,12 +22,19 @@ def temp_name(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+    An OSError that names no file, or the temporary one (a full disk met by a writer such as
+    pandas or matplotlib), is re-raised naming `path`, so its one-line message says which file
+    and the free space of the right filesystem."""
     path = Path(path)
     tmp = temp_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) == str(tmp):
+            exc.filename = str(path)
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -62,10 +69,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(directory: Path, *, everyone: bool = False) -> list[Path]:
+def remove_stale_temps(directory: Path, *, everyone: bool = False, only: str = "") -> list[Path]:
     """Delete the `.<name>.tmp-<pid>` files in `directory` whose process is no longer alive (all of
-    them with `everyone`, for a caller that holds the directory's lock); returns what it removed.
-    A live process's temporary file is never touched."""
+    them with `everyone`, for a caller that holds the directory's lock), those whose name starts
+    with `only` when given; returns what it removed. A live process's temporary file is never
+    touched."""
     removed = []
     try:
         entries = list(Path(directory).iterdir())
@@ -73,7 +81,7 @@ def remove_stale_temps(directory: Path, *, everyone: bool = False) -> list[Path]
         return removed
     for p in entries:
         m = TEMP_PATTERN.match(p.name)
-        if not m:
+        if not m or not p.name.startswith(only):
             continue
         pid = int(m.group(1))
         if pid == os.getpid() or (not everyone and pid_alive(pid)):

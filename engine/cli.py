@@ -186,9 +186,13 @@ def _one_line(text: str) -> str:
 
 
 def _os_message(exc: OSError) -> str:
+    import errno
     from engine.atomic import os_error
-    where = exc.filename if exc.filename is not None else "a file"
-    return str(os_error(exc, "use", where))
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if exc.filename is None:  # no path, so no free space of some other filesystem either
+        return f"cannot use a file: {'the disk is full' if full else exc.strerror or exc}"
+    action = "write" if full or exc.errno == errno.EROFS else "use"
+    return str(os_error(exc, action, exc.filename))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-bob", default="all", help="Bob's training samples: comma-separated "
                    "positive integers or 'all'")
     _add_train_args(p, epochs_flag="--epochs")
-    p.add_argument("--alice-epochs", type=int, default=10)
+    p.add_argument("--alice-epochs", type=EPOCHS, default=10)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--device-budget-gb", type=float, help="datasets with more image bytes are "
                    "streamed from disk (default: half the device's free memory)")

@@ -49,11 +49,17 @@ def describe_holder(info: dict | None) -> str:
 
 
 def _write_holder(info_file: Path) -> None:
-    from engine.atomic import temp_name
-    with contextlib.suppress(OSError):  # the lock holds without it; the file only informs
-        tmp = temp_name(info_file)      # renamed into place; no fsync (it only informs)
+    """`info_file` with this process as the holder; the lock holds without it (it only informs),
+    so a failure (a full disk) leaves the old file, never a temporary one."""
+    from engine.atomic import remove_stale_temps, temp_name
+    remove_stale_temps(info_file.parent, only=f".{info_file.name}.tmp-")  # of dead processes
+    tmp = temp_name(info_file)  # renamed into place; no fsync (it only informs)
+    try:
         tmp.write_text(json.dumps(holder_info()) + "\n")
         os.replace(tmp, info_file)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager

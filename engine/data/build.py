@@ -142,6 +142,12 @@ def _plan(pair: str, beta, *, seed, n_train, n_test, data_root, fit, image_size,
     names = {"left": left, "right": right}
     splits = {(side, split): sources.load(names[side], split, root=root, image_size=image_size)
               for side, split in load}
+    for (side, split), s in splits.items():
+        if len(s.classes) < 2:  # one class: nothing to learn, and Cramer's V is 0/0
+            raise EngineError(f"{names[side]} has {len(s.classes)} class"
+                              f"{'' if len(s.classes) == 1 else 'es'} "
+                              f"({', '.join(map(str, s.classes))}); each side of a pair needs at "
+                              "least two (for folder: sources, one sub-folder per class)")
     spec = DataSpec(left=left, right=right, beta=beta, seed=int(seed),
                     n_train=n_train or len(splits["left", "train"].labels),
                     n_test=n_test or len(splits["left", "test"].labels), fit=fit,

@@ -1,4 +1,6 @@
-"""`engine inspect DIR [--grid FILE.png]`: print a dataset's manifest and draw a grid of samples."""
+"""`engine inspect DIR [--grid FILE.png]`: verify a dataset (engine.data.manifest.verify_dataset:
+sizes, digests and label ranges against its manifest, as a sweep does before using it), print its
+manifest and draw a grid of samples. A damaged dataset is one line naming the file, like a sweep's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +11,16 @@ from engine import paths
 from engine.atomic import atomic_path
 from engine.data.beton import BetonFile
 from engine.errors import EngineError
-from engine.data.manifest import read_manifest, summary
+from engine.data.manifest import summary, verify_dataset
 
 
 def inspect(dataset: Path, grid: Path | None = None, *, split: str = "test", count: int = 24,
             seed: int = 0) -> str:
     dataset = Path(dataset)
-    manifest = read_manifest(dataset)
+    manifest = verify_dataset(dataset)
     text = summary(manifest)
+    files = ", ".join(info["file"] for info in manifest["splits"].values())
+    text += f"\nverified     {files}: sizes, digests and labels match the manifest"
     if grid is not None:
         write_grid(dataset, Path(grid), manifest, split=split, count=count, seed=seed)
         text += f"\ngrid         {grid}"

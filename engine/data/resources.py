@@ -52,12 +52,14 @@ def require(estimate: Estimate, where: str | os.PathLike, what: str, hint: str =
     hint = f"; {hint}" if hint else ""
     free = free_bytes(Path(where))
     if free is not None and estimate.disk + DISK_RESERVE > free:
-        raise EngineError(f"{what} would write ~{_gib(estimate.disk)} under {where}, but only "
-                          f"{_gib(free)} is free there{hint}")
+        raise EngineError(f"{what} would write ~{_gib(estimate.disk)} under {where} and leave "
+                          f"{_gib(DISK_RESERVE)} free as a reserve, ~{_gib(estimate.disk + DISK_RESERVE)}"
+                          f" in all, but only {_gib(free)} is free there{hint}")
     mem = available_memory()
     if mem is not None and estimate.memory + MEMORY_RESERVE > mem:
-        raise EngineError(f"{what} would need ~{_gib(estimate.memory)} of memory, but only "
-                          f"{_gib(mem)} is available{hint}")
+        raise EngineError(f"{what} would need ~{_gib(estimate.memory)} of memory and keep "
+                          f"{_gib(MEMORY_RESERVE)} in reserve, ~{_gib(estimate.memory + MEMORY_RESERVE)}"
+                          f" in all, but only {_gib(mem)} is available{hint}")
 
 
 def dataset_estimate(image_shape, n_train: int, n_test: int, *, workers: int | None = None) -> Estimate:

@@ -16,6 +16,7 @@ pre-trained networks do in the paper, and scratch runs are its random-init basel
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from engine import __version__, paths
 from engine.atomic import write_bytes
 from engine.data.build import build_data, check_block_shuffles, parse_pair, planned_dataset
-from engine.data.manifest import is_complete, read_manifest, verify_dataset
+from engine.data.manifest import is_complete, verify_dataset
 from engine.data.resources import Estimate, dataset_estimate, require, training_memory
 from engine.errors import EngineError
 from engine.locks import output_lock
@@ -34,6 +35,7 @@ from engine.progress import Progress
 from engine.spec import AliceSpec, BobSpec, canonical_json
 from engine.store import ResultsStore
 from engine.sweep import plan as planner
+from engine.sweep import preflight
 from engine.sweep.executors import EXECUTORS, Context
 from engine.sweep.expand import describe
 from engine.sweep.spec import SweepSpec
@@ -74,6 +76,7 @@ def run_sweep(sweep: SweepSpec, out=None, *, dry_run: bool = False, wait: bool =
     refuses in one line."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     parse_pair(sweep.pair)
+    preflight.check(sweep, dry_run=dry_run, log=log_to(stderr))  # what would fail mid-way
     if dry_run:
         specs = planner.expand(sweep)
         print(f"{len(specs)} runs", file=stdout)
@@ -127,18 +130,30 @@ def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextI
                        fit=sweep.fit, image_size=sweep.image_size,
                        block_shuffle=req.block_shuffle, log=log)
         keys[req.beta, req.block_shuffle], dirs[d.name] = d.name, d
-        size = read_manifest(d)["spec"]["n_train"]
-        too_big = [n for n in sweep.n_bobs if n is not None and n > size]
-        if too_big:
-            raise EngineError(f"--n-bob {max(too_big)} exceeds the {size} training samples of "
-                              f"{d.name}; use at most {size} or 'all'")
-    write_bytes(out / "sweep.json", sweep.to_json().encode())
+    _write_spec(sweep, out, log)
     options = ({k: getattr(sweep, k) for k in ("ray_address", "cpus_per_unit", "gpus_per_unit",
                                                 "max_retries")} if sweep.executor == "ray" else {})
     return execute(out, planner.expand(sweep, keys), planner.alices(sweep, keys), dirs,
                    executor=sweep.executor, executor_options=options, device=device,
                    save_epochs=sweep.alice_save_epochs, budget_gb=sweep.device_budget_gb,
                    max_group=sweep.max_group, stderr=stderr)
+
+
+def _write_spec(sweep: SweepSpec, out: Path, log: Callable[[str], None]) -> None:
+    """`out/sweep.json` := this sweep. The command line (or `--from`/`--config` resolved into
+    this spec) wins over a stored spec that differs, hand-edited or from another sweep; a notice
+    names the fields that differed."""
+    path = paths.sweep_file(out)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = None
+    new = json.loads(sweep.to_json())
+    if isinstance(stored, dict) and stored != new:
+        changed = sorted(k for k in stored.keys() | new.keys() if stored.get(k) != new.get(k))
+        log(f"notice: {path} held another spec ({', '.join(changed)} differ); it is replaced by "
+            f"this sweep's (to run the stored spec instead: engine sweep --from {out})")
+    write_bytes(path, sweep.to_json().encode())
 
 
 def execute(out, specs: Iterable[BobSpec], alices: Iterable[AliceSpec],

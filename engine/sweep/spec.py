@@ -93,8 +93,9 @@ class SweepSpec:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise EngineError(f"--max-group must be a positive integer, got {k!r}")
         self._check_ray()
-        from engine.sweep.plan import expand  # validates every run option before any work
+        from engine.sweep.plan import alices, expand  # validate every run option before any work
         expand(self)
+        alices(self)
 
     def _check_ray(self) -> None:
         address = self.ray_address
