@@ -140,3 +140,15 @@ def test_reset_parameters_resets_batchnorm_stats():
     assert bn.num_batches_tracked.item() == 0
     assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
     assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_fresh_draws_do_not_depend_on_memory_format():
+    """The initialisers fill tensors in memory order: a contiguous and a channels-last cnn once
+    got different weights from one seed (conv layers of more than one input channel)."""
+    from engine.train.models import reset_parameters
+    models = [build_model("cnn", (28, 56, 1), 10) for _ in range(2)]
+    models[1] = models[1].to(memory_format=torch.channels_last)
+    for m in models:
+        reset_parameters(m, 7)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name

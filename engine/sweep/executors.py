@@ -226,6 +226,38 @@ class BatchedExecutor(Executor):
     """
     name = "batched"
 
+    def pretrain(self, alices: Iterable[AliceSpec], ctx: Context) -> None:
+        """Alices of one group shape pre-trained together (engine.train.batched_alice), in
+        chunks whose datasets fit the device budget; complete ones reused, and those the batched
+        trainer does not take (streamed datasets, resnet18, cnn Alices on the CPU) trained one
+        at a time. Writes what `pretrain` writes."""
+        from engine import paths
+        from engine.train.batched_alice import batchable as alice_batchable, train_alices
+        from engine.train.checkpoint import save_checkpoint
+        todo = [a for a in alices if not is_complete(ctx.out, a, ctx.alice_save_epochs,
+                                                     log=ctx.log)]
+        for a in alices:
+            if a not in todo:
+                ctx.log(f"reusing Alice {a.id} ({paths.alice_checkpoint(ctx.out, a.id)}, "
+                        "verified)")
+        grouped = [a for a in todo if alice_batchable(a, ctx.device)
+                   and fits_on_device(ctx.dataset_dirs[a.dataset], ctx.device, ctx.budget_gb)]
+        super().pretrain([a for a in todo if a not in grouped], ctx)
+
+        def write(spec: AliceSpec, epoch: int | None, state: dict, model_spec: dict,
+                  metrics: dict) -> None:
+            path = (paths.alice_checkpoint(ctx.out, spec.id) if epoch is None
+                    else paths.alice_epoch_checkpoint(ctx.out, spec.id, epoch))
+            save_checkpoint(path, state, model_spec, metrics)
+
+        inputs = Inputs(ctx)
+        for chunk in self._chunks(grouped, ctx):
+            inputs.keep_only({a.dataset for a in chunk})
+            data = {a.dataset: inputs.dataset(a.dataset) for a in chunk}
+            train_alices(chunk, data, ctx.device, ctx.alice_save_epochs, write=write,
+                         max_group=ctx.max_group, log=ctx.log)
+        inputs.keep_only()
+
     def map(self, units: Iterable[WorkUnit], ctx: Context) -> Iterator[Result]:
         from engine.train import batched
         inputs = Inputs(ctx)
@@ -249,8 +281,9 @@ class BatchedExecutor(Executor):
             yield from train_groups(members, ctx.device, ctx.max_group, ctx.log)
 
     @staticmethod
-    def _chunks(units: list[WorkUnit], ctx: Context) -> Iterator[list[WorkUnit]]:
-        """Consecutive units whose distinct datasets fit the device budget together."""
+    def _chunks(units: list, ctx: Context) -> Iterator[list]:
+        """Consecutive units (or Alices: anything with a `dataset` key) whose distinct datasets
+        fit the device budget together."""
         from engine.train.stream import free_memory
         budget = (free_memory(ctx.device) * 0.5 if ctx.budget_gb is None
                   else ctx.budget_gb * 2**30)

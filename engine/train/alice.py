@@ -28,7 +28,7 @@ from engine.train.models import build_model
 from engine.threads import keep_freed_memory
 from engine.spec import AliceSpec
 from engine.train.stream import StreamData, evaluate_stream
-from engine.train.device import DeviceData
+from engine.train.device import DeviceData, _memory_format
 from engine.train.trainer import (CompiledModelCache, epoch_batches, evaluate, make_optimizer,
                                   make_runner, run_epochs, train_step)
 
@@ -155,7 +155,8 @@ def train_alice(spec: AliceSpec, train, test, n_classes: int, save_epochs: Itera
         runner = cache.get(spec.arch, train.input_shape, n_classes, frozen_upto=0, **arch)
         model = runner.model
     else:
-        model = build_model(spec.arch, train.input_shape, n_classes, **arch).to(device)
+        model = build_model(spec.arch, train.input_shape, n_classes, **arch)
+        model = model.to(device, memory_format=_memory_format(device))  # as every trainer
         runner = make_runner(model, 0)
     params = prepare_bob(model, None, retrain_from=1, mode="scratch", seed=init_seed(spec.seed))
     model_spec = {"alice": spec.to_dict(), "id": spec.id, "model": model.spec,

@@ -29,7 +29,7 @@ import collections
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -60,23 +60,31 @@ GROUP_STATS: collections.deque = collections.deque(maxlen=4096)
 
 @dataclass
 class Member:
+    """One run of a group. An Alice is a member too (engine.train.batched_alice): a scratch
+    run on `alice_label` whose initial weights come from `init_seed` (else `spec.seed`, which
+    always seeds the subset and the shuffling)."""
     spec: BobSpec
     train: DeviceData
     test: DeviceData
     alice_state: dict | None
     n_classes: int
+    label: str = LABEL
+    init_seed: int | None = None
 
 
-def group_key(spec: BobSpec, input_shape, n_classes: int, n_train: int) -> tuple:
-    """Runs with equal keys can train together; `n_train` = spec.n_bob or the split's size."""
+def group_key(spec: BobSpec, input_shape, n_classes: int, n_train: int,
+              label: str = LABEL) -> tuple:
+    """Runs with equal keys can train together; `n_train` = spec.n_bob or the split's size.
+    The label is part of it: a group's cached features carry one label per row."""
     L = n_layers(spec.arch, spec.depth, spec.width, spec.global_pool)
     return (spec.arch, spec.depth, spec.width, spec.global_pool, tuple(input_shape), n_classes,
             frozen_prefix(L, spec.retrain_from, spec.mode), spec.epochs, spec.optimizer, spec.lr,
-            spec.batch_size, n_train)
+            spec.batch_size, n_train, label)
 
 
 def _key(m: Member) -> tuple:
-    return group_key(m.spec, m.train.input_shape, m.n_classes, m.spec.n_bob or len(m.train))
+    return group_key(m.spec, m.train.input_shape, m.n_classes, m.spec.n_bob or len(m.train),
+                     m.label)
 
 
 def _source(m: Member, frozen: int):
@@ -135,7 +143,7 @@ def _setup(members: list[Member], cache: FeatureCache, size: int | None = None) 
     states, prefixes = [], {}
     for m in members:
         prepare_bob(model, m.alice_state, retrain_from=m.spec.retrain_from, mode=m.spec.mode,
-                    seed=m.spec.seed)
+                    seed=m.spec.seed if m.init_seed is None else m.init_seed)
         states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
         src = _source(m, frozen)
         if src is not None and src not in prefixes:
@@ -157,7 +165,7 @@ def _setup(members: list[Member], cache: FeatureCache, size: int | None = None) 
         prefixes=prefixes,
         generators=[torch.Generator().manual_seed(m.spec.seed) for m in slots],  # CPU draws
         rows=torch.stack(subsets),
-        labels=torch.stack([m.train.labels[LABEL][s] for m, s in zip(slots, subsets)]))
+        labels=torch.stack([m.train.labels[m.label][s] for m, s in zip(slots, subsets)]))
     _cache_features(group, subsets, cache)
     if group.feats is None and frozen:
         group.prefix = grouped.program(model, 0, upto=frozen)
@@ -195,7 +203,7 @@ def _fill(group: Group, cache: FeatureCache, u: tuple, m: Member, data: DeviceDa
     """Compute the cache's entry `u`: member m's prefix outputs on the rows of `data` wanted."""
     rows = cache.wanted[u]
     cache.entries[u] = (rows, _prefix_all(group, m, data, rows, cache.budget, cache.store),
-                        data.labels[LABEL][rows])
+                        data.labels[m.label][rows])
 
 
 def _cache_features(group: Group, subsets: list[Tensor], cache: FeatureCache) -> None:
@@ -241,7 +249,9 @@ def _inputs(group: Group, pos: Tensor) -> tuple[Tensor, Tensor]:
 # 3. Training -------------------------------------------------------------------------------------
 
 def _run(group: Group, compile: bool, on_step: Callable | None = None,
-         backend: str = "inductor") -> None:
+         backend: str = "inductor", on_epoch: Callable | None = None) -> None:
+    """Train the group's epochs; `on_epoch(epoch, [{"train_loss", "train_acc"}] per member)`
+    after each."""
     spec, device = group.members[0].spec, group.rows.device
     K = len(group.members)
     n = group.rows.shape[1]
@@ -274,15 +284,19 @@ def _run(group: Group, compile: bool, on_step: Callable | None = None,
             on_step(group.steps - 1, loss[:K], group)
         return loss[:K] * y.shape[1], right[:K]  # as `fit`: summed loss over the samples seen
 
+    def per_member(totals: dict) -> list[dict]:
+        seen = totals["seen"]
+        return [dict(train_loss=ls, train_acc=c, seen=seen) for ls, c in
+                zip((totals["loss_sum"] / seen).tolist(), (totals["correct"] / seen).tolist())]
+
     start = time.perf_counter()
-    last = run_epochs(spec.epochs, batches, step)
+    last = run_epochs(spec.epochs, batches, step, on_epoch=None if on_epoch is None else
+                      lambda epoch, totals: on_epoch(epoch, per_member(totals)))
     if cuda:
         events[1].record()
         torch.cuda.synchronize(device)
     group.wall_s = time.perf_counter() - start
-    seen = last["seen"]
-    for ls, c in zip((last["loss_sum"] / seen).tolist(), (last["correct"] / seen).tolist()):
-        group.train_metrics.append(dict(train_loss=ls, train_acc=c, seen=seen))
+    group.train_metrics = per_member(last)
     rest = sorted(host[1:]) or [0.0]
     group.stats = dict(
         frozen=group.frozen, K=K, K_padded=len(group.slots), n=n, steps=group.steps,
@@ -388,15 +402,18 @@ def _plan(members: list[Member], plan: MemoryPlan, cache: FeatureCache,
 def train_group(members: list[Member], device, *, max_group: int | None = None,
                 compile: bool | None = None, on_step: Callable | None = None,
                 return_state: bool = False, store: PrefixStore | None = None,
-                backend: str = "inductor", log: Callable[[str], None] | None = None
-                ) -> list[dict]:
+                backend: str = "inductor", log: Callable[[str], None] | None = None,
+                save_epochs: Iterable[int] = (), on_save: Callable | None = None) -> list[dict]:
     """Train and evaluate `members` (one `group_key`); metrics per member as `run_bob` returns,
     in order. Members are sorted so those sharing frozen features train together; groups are
     sized by the device's `MemoryPlan` (taken once per call) and halved on CUDA out-of-memory.
     `compile` None: on CUDA (`backend`: torch.compile's). `on_step(step, loss [K], group)` runs
     after each step; `return_state` adds "state" (`member_state`). `store`: prefix outputs kept
     across calls (engine.train.features.PrefixStore). `log` gets a line per group that compiled
-    for a second or more."""
+    for a second or more. At each epoch of `save_epochs` (0: before training),
+    `on_save(epoch, group, metrics)` gets per member {"test_acc", "test_loss"} and, after epoch
+    0, that epoch's {"train_loss", "train_acc"} (Alice's checkpoints, engine.train.batched_alice;
+    `member_state(group, k)` gives member k's weights then)."""
     if not members:
         return []
     device = torch.device(device)
@@ -420,7 +437,16 @@ def train_group(members: list[Member], device, *, max_group: int | None = None,
     def run(idx: list[int], size: int) -> None:
         try:
             group = _setup([members[order[i]] for i in idx], cache, size)
-            _run(group, compile, on_step, backend)
+            save = set(save_epochs) if on_save is not None else set()
+
+            def saved(epoch: int, train: list[dict]) -> None:
+                if epoch in save:
+                    test = _test_metrics(group, plan.groups, cache)
+                    on_save(epoch, group, [{**t, "test_acc": a, "test_loss": ls}
+                                           for t, (a, ls) in zip(train, test)])
+
+            saved(0, [{} for _ in idx])
+            _run(group, compile, on_step, backend, saved if save else None)
             out = _evaluate(group, plan.groups, cache)
         except torch.cuda.OutOfMemoryError:
             if len(idx) == 1:
@@ -465,11 +491,10 @@ def _test_inputs(group: Group, cache: FeatureCache, ks: list[int], lo: int, hi: 
     return torch.stack([x[u] for u in keys])
 
 
-def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
-    """Test accuracy and mean cross-entropy per member, all layers in eval mode; members whose
+def _test_metrics(group: Group, budget: int, cache: FeatureCache) -> list[tuple[float, float]]:
+    """(test accuracy, mean cross-entropy) per member, all layers in eval mode; members whose
     test splits differ in length are evaluated in separate passes. Test-split prefix outputs go
     to the cache when they fit (the next group of the same source reuses them)."""
-    start = time.perf_counter()
     K, device = len(group.members), group.rows.device
     if group.frozen and group.feats is not None:
         sample_bytes = group.feats[0].numel() * group.feats.element_size()
@@ -494,7 +519,8 @@ def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
         with torch.no_grad(), _autocast(device):
             for lo in range(0, length, chunk):
                 x = _test_inputs(group, cache, ks, lo, lo + chunk)
-                y = torch.stack([group.members[k].test.labels[LABEL][lo:lo + chunk] for k in ks])
+                y = torch.stack([group.members[k].test.labels[group.members[k].label]
+                                 [lo:lo + chunk] for k in ks])
                 logits, _ = grouped.forward(group.program, params, buffers,
                                             grouped.arrange(x, group.program[0][0]), len(ks),
                                             False)
@@ -502,14 +528,22 @@ def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
                                        reduction="none").view(len(ks), -1).sum(1)
                 loss_sum[sel] += loss.double()
                 correct[sel] += (logits.argmax(-1) == y).sum(1)
+    return [(c / n, s / n) for c, s, n in zip(correct.tolist(), loss_sum.tolist(), n_test)]
+
+
+def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
+    """`run_bob`'s metrics per member: `_test_metrics` and the last epoch's training metrics."""
+    start = time.perf_counter()
+    K = len(group.members)
+    test = _test_metrics(group, budget, cache)
     wall = group.wall_s + time.perf_counter() - start
     out = []
     for k, m in enumerate(group.members):
         tm = group.train_metrics[k]
         out.append({"n_layers": n_layers(m.spec.arch, m.spec.depth, m.spec.width,
                                          m.spec.global_pool),
-                    "n_bob": group.rows.shape[1], "test_acc": correct[k].item() / n_test[k],
-                    "test_loss": loss_sum[k].item() / n_test[k], "train_acc": tm["train_acc"],
+                    "n_bob": group.rows.shape[1], "test_acc": test[k][0],
+                    "test_loss": test[k][1], "train_acc": tm["train_acc"],
                     "train_loss": tm["train_loss"], "wall_s": wall / K,
                     "samples_per_s": m.spec.epochs * tm["seen"] * K / group.wall_s})
     return out

@@ -169,10 +169,15 @@ def reset_parameters(module: nn.Module, seed: int) -> None:
 
     Values are drawn on the CPU (so they do not depend on the device) from a forked RNG (so torch's
     global RNG is untouched), then copied into the existing tensors (so parameter identity, memory
-    format and anything compiled against them survive).
+    format and anything compiled against them survive). The initialisers fill a tensor in memory
+    order, so 4-D weights are drawn channels-last (the format every trainer uses) whatever the
+    module's format: otherwise a contiguous and a channels-last model got different weights from
+    one seed (a conv of more than one input channel).
     """
-    on_cpu = all(t.device.type == "cpu" for t in [*module.parameters(), *module.buffers()])
-    src = module if on_cpu else copy.deepcopy(module).cpu()
+    tensors = [*module.parameters(), *module.buffers()]
+    in_place = all(t.device.type == "cpu" and (
+        t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last)) for t in tensors)
+    src = module if in_place else copy.deepcopy(module).cpu().to(memory_format=torch.channels_last)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(seed))
         init_parameters_(src)
