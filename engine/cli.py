@@ -127,6 +127,14 @@ def _report(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    import json
+    from engine.status import format_status, status
+    s = status(Path(args.dir))
+    print(json.dumps(s) if args.json else format_status(s))
+    return 0
+
+
 def _toy(args) -> int:
     from engine.studies.toy import parse_alphas, run_toy
     _check_out(args.out)
@@ -177,7 +185,7 @@ def _case_study(args) -> int:
 
 
 COMMANDS = {"analyze": _analyze, "case-study": _case_study, "build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
-            "sweep": _sweep, "results": _results, "report": _report, "toy": _toy,
+            "sweep": _sweep, "results": _results, "report": _report, "status": _status, "toy": _toy,
             "manifold-sweep": _manifold_sweep}
 
 

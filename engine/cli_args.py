@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", help="sweep root (default: $ENGINE_SWEEP_OUT or ./out/sweep)")
 
+    p = sub.add_parser("status", help="where a sweep or case study stands, while it runs or "
+                       "after it stopped (never takes its lock)")
+    p.add_argument("dir", help="a sweep root (--out of engine sweep) or a case-study directory")
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
     p = sub.add_parser("report", help="write a sweep's figures and summary")
     p.add_argument("dir", help="a sweep root (--out of engine sweep)")
 

@@ -127,6 +127,45 @@ def path_lock(path, *, wait: bool = True, log: Callable[[str], None] | None = No
         yield
 
 
+def _flock_held(lock_file: Path) -> bool | None:
+    """Whether some process holds a flock(2) lock on `lock_file`, read from /proc/locks (Linux)
+    without taking it; None where that table is not readable."""
+    try:
+        st = lock_file.stat()
+        table = Path("/proc/locks").read_text()
+    except FileNotFoundError:
+        return False if Path("/proc/locks").exists() else None
+    except OSError:
+        return None
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in table.splitlines():
+        fields = line.split()
+        if "FLOCK" not in fields or "->" in fields:  # "->": a process waiting, not holding
+            continue
+        try:
+            major, minor, inode = fields[fields.index("FLOCK") + 4].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == want:
+                return True
+        except (ValueError, IndexError):
+            continue
+    return False
+
+
+def output_holder(out_dir) -> dict | None:
+    """Who holds `output_lock(out_dir)` now, without taking the lock (so a watcher never delays
+    a sweep): the holder's `.lock.json` ({"pid", "host", "since"}, or {} when unreadable) while
+    the lock is held, else None. Read from /proc/locks; where that is not readable, the recorded
+    pid is checked when it ran on this host."""
+    out_dir = Path(out_dir)
+    info = read_holder(out_dir / ".lock.json")
+    held = _flock_held(out_dir / ".lock")
+    if held is None:
+        from engine.atomic import pid_alive
+        held = bool(info) and info.get("host") == socket.gethostname() and \
+            isinstance(info.get("pid"), int) and pid_alive(info["pid"])
+    return (info or {}) if held else None
+
+
 LOCK_NAMES = (".lock", ".lock.json")
 
 

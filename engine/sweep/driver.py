@@ -35,7 +35,7 @@ from engine.progress import Progress
 from engine.spec import AliceSpec, BobSpec, canonical_json
 from engine.store import ResultsStore
 from engine.sweep import plan as planner
-from engine.sweep import preflight
+from engine.sweep import preflight, state
 from engine.sweep.executors import EXECUTORS, Context
 from engine.sweep.expand import describe
 from engine.sweep.spec import SweepSpec
@@ -90,7 +90,7 @@ def run_sweep(sweep: SweepSpec, out=None, *, dry_run: bool = False, wait: bool =
     device = resolve_device(sweep.device)
     out = paths.sweep_out(out)
     log = log_to(stderr)
-    with output_lock(out, wait=wait, log=log):  # one writer per sweep directory
+    with output_lock(out, wait=wait, log=log), state.recording(out):  # one writer per directory
         return _run_locked(sweep, out, device, stderr, log)
 
 
@@ -173,9 +173,13 @@ def execute(out, specs: Iterable[BobSpec], alices: Iterable[AliceSpec],
     device = resolve_device(device)
     out = Path(out)
     specs, alices = list(specs), list(alices)
-    with ResultsStore(out) as store:
+    with state.recording(out), ResultsStore(out) as store:
         stored = _stored(store)
         p = planner.plan_runs(specs, alices, {rid: row["computed_by"] for rid, row in stored.items()})
+        state.planned(out, run_ids=[s.run_id for s in specs],
+                      to_train=[s.run_id for u in p.units for s in u.specs],
+                      copies=[c.spec.run_id for c in p.copies], alices=[a.id for a in alices],
+                      datasets=dataset_dirs)
         log(f"{p.total} runs: {p.done_before} already done, {p.n_pending} to run "
             f"({p.n_train} to train)")
         if not p.n_pending:
