@@ -87,9 +87,11 @@ def _mkdir(path: Path) -> None:
 
 
 def _sweep(args) -> int:
+    from engine.sweep.config import resolve
     from engine.sweep.driver import run_sweep
-    from engine.sweep.parse import sweep_spec
-    run_sweep(sweep_spec(args), args.out, dry_run=args.dry_run, wait=not args.no_wait)
+    argv = args.argv[args.argv.index("sweep") + 1:]
+    spec, args = resolve(args, argv)  # --config / --from, flags given here override
+    run_sweep(spec, args.out, dry_run=args.dry_run, wait=not args.no_wait)
     return 0
 
 
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad flag (one line, status 2), --help or --version (0)
         return exc.code if isinstance(exc.code, int) else 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     name = args.command + (f" {args.kind}" if getattr(args, "kind", None) else "")
     try:
         return COMMANDS[args.command](args)

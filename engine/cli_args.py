@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="refuse at once, instead of waiting, "
                    "when another process holds --out")
     p.add_argument("--dry-run", action="store_true", help="print the number of runs and stop")
+    p.add_argument("--config", metavar="STUDY.toml", help="take options from this TOML file "
+                   "(keys are these flags' names, e.g. n-train = 512); flags given here override")
+    p.add_argument("--from", dest="from_dir", metavar="DIR", help="re-run or extend the sweep "
+                   "stored in DIR/sweep.json (--out defaults to DIR); flags given here override")
 
     p = sub.add_parser("results", help="print a sweep's results table")
     p.add_argument("dir", help="a sweep root (--out of engine sweep)")
