@@ -1,11 +1,16 @@
-"""engine: in-silico experiments on why pre-trained networks transfer."""
+"""engine: in-silico experiments on why pre-trained networks transfer.
+
+The commands as Python functions (engine.api; README "From Python"): `build_data`, `sweep`,
+`results`, `report`, `status`, `pretrain`, `analyze`, `case_study`. Each raises `EngineError`
+with the command line's one-line message for bad input or a failing environment. Importing
+`engine` imports nothing heavy and writes nothing.
+"""
 __version__ = "0.1.0"
 
+from engine.errors import EngineError
+from engine.api import (SweepResults, analyze, build_data, case_study, pretrain, report, results,
+                        status)
+from engine import sweep  # the package engine.sweep, callable as engine.sweep(...) (engine.api.sweep)
 
-def build_data(pair, beta, *, seed=0, n_train=None, n_test=None, data_root=None, out=None,
-               force=False, block_shuffle=None, **options):
-    """Build (or reuse) a correlated side-by-side dataset; returns its directory. See engine.data.build.
-    block_shuffle: B to shuffle each image's BxB blocks with one fixed permutation (1 = pixels)."""
-    from engine.data.build import build_data as _build
-    return _build(pair, beta, seed=seed, n_train=n_train, n_test=n_test, data_root=data_root,
-                  out=out, force=force, block_shuffle=block_shuffle, **options)
+__all__ = ["EngineError", "SweepResults", "analyze", "build_data", "case_study", "pretrain",
+           "report", "results", "status", "sweep", "__version__"]

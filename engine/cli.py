@@ -7,7 +7,6 @@ Anything else is a bug: one line too (exit 1), with the traceback when ENGINE_TR
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -39,31 +38,8 @@ def _demo(args) -> int:
 
 
 def _pretrain(args) -> int:
-    from engine import paths
-    from engine.train.alice import pretrain
-    from engine.data.manifest import read_manifest
-    from engine.spec import AliceSpec
-    from engine.sweep.parse import parse_ints
-    from engine.data.manifest import verify_dataset
-    from engine.locks import path_lock
-    data = Path(args.data)
-    spec = AliceSpec(dataset=read_manifest(data)["key"], arch=args.arch, optimizer=args.optimizer,
-                     epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                     depth=args.depth, width=args.width)
-    save = parse_ints(args.save_epochs, "save-epochs") if args.save_epochs else []
-    from engine.train.alice import _check_save_epochs
-    from engine.train.models import ARCHS
-    if args.arch not in ARCHS:
-        raise EngineError(f"--arch: unknown architecture {args.arch!r}; choose from: "
-                          f"{', '.join(ARCHS)}")
-    save = _check_save_epochs(save, args.epochs)
-    verify_dataset(data)  # digests and label ranges, before anything reads it for training
-    out = paths.sweep_out(args.out)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    alice_dir = paths.alice_dir(out, spec.id)
-    _mkdir(alice_dir.parent)
-    with path_lock(alice_dir, log=log):  # one trainer per Alice; a second waits, then reuses
-        print(pretrain(data, spec, out, save, args.device, log=log))
+    from engine.api import run_pretrain
+    print(run_pretrain(args))
     return 0
 
 
@@ -147,36 +123,8 @@ def _toy(args) -> int:
 
 
 def _analyze(args) -> int:
-    from engine.analysis.analyze import Options, analyze
-    from engine.sweep.parse import parse_floats, parse_ints, parse_names
-    from engine.spec import BASELINES, TRANSFER_MODES
-    o = Options(max_samples=args.max_samples)
-    if args.beta:
-        o.betas = parse_floats(args.beta, "beta")
-    if args.arch:
-        o.archs = [a.strip() for a in args.arch.split(",")]
-    if args.seed:
-        o.seeds = parse_ints(args.seed, "seed")
-    if args.n_bob:
-        o.n_bobs = parse_ints(args.n_bob, "n-bob", minimum=1)
-    if args.mode:
-        o.modes = parse_names(args.mode, "mode", TRANSFER_MODES + BASELINES)
-    for name in ("bound_mode", "steps", "points", "tolerance", "method", "target", "n", "epochs"):
-        if hasattr(args, name):
-            setattr(o, name, getattr(args, name))
-    if hasattr(args, "alphas"):
-        o.alphas = tuple(parse_floats(args.alphas, "alphas"))
-        o.sigmas = tuple(parse_floats(args.sigmas, "sigmas"))
-    if o.max_samples < 1:
-        raise EngineError("--max-samples must be at least 1")
-    if hasattr(args, "alphas"):
-        if not all(math.isfinite(a) and 0 <= a <= 1 for a in o.alphas):
-            raise EngineError("--alphas must be numbers in [0, 1]")
-        if not all(math.isfinite(x) and x >= 0 for x in o.sigmas):
-            raise EngineError("--sigmas must be non-negative numbers")
-    if o.betas is not None and not all(math.isfinite(b) and 0 <= b <= 1 for b in o.betas):
-        raise EngineError("--beta must be numbers in [0, 1]")
-    for path in analyze(args.kind, Path(args.dir), o, log=lambda m: print(m, file=sys.stderr)):
+    from engine.api import run_analyze
+    for path in run_analyze(args):
         print(path)
     return 0
 

@@ -20,14 +20,15 @@ from engine.errors import EngineError
 
 
 def subparser(command: str, *, suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The parser of `engine <command>` (a fresh one); with `suppress_defaults`, parsing sets
-    only the flags that were given."""
+    """The parser of `engine <command>` (a fresh one; "analyze cka" for a sub-command's); with
+    `suppress_defaults`, parsing sets only the flags that were given."""
     from engine.cli_args import build_parser
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if command not in sub.choices:
-        raise EngineError(f"unknown command {command!r}")
-    p = sub.choices[command]
+    p = build_parser()
+    for word in command.split():  # "analyze cka": a sub-command's sub-command
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        if word not in sub.choices:
+            raise EngineError(f"unknown command {command!r}")
+        p = sub.choices[word]
     if suppress_defaults:
         for action in p._actions:
             action.default = argparse.SUPPRESS
@@ -103,5 +104,4 @@ def parse(command: str, argv: list[str], *, suppress_defaults: bool = False,
     except SystemExit:
         text = " ".join(err.getvalue().split())
         text = text.split(": error: ", 1)[-1]
-        raise EngineError(text.rsplit(" (see ", 1)[0] or f"bad arguments for engine {command}") \
-            from None
+        raise EngineError(text or f"bad arguments for engine {command}") from None

@@ -259,14 +259,20 @@ def add_parser(sub) -> None:
 
 def handle(args) -> int:
     """Run the sub-command; prints the report directory as the last line of stdout."""
+    report = run_from_args(args)
+    print(f"report: {report / 'summary.md'}")
+    print(report)
+    return 0
+
+
+def run_from_args(args) -> Path:
+    """The sub-command from its parsed flags (the CLI's and engine.case_study's); the report
+    directory."""
     from engine.sweep.parse import parse_floats, parse_ints, parse_n_bobs
-    report = run_case_study(
+    return run_case_study(
         args.study, out=args.out, arch=args.arch, n_bobs=parse_n_bobs(args.n_bob),
         seeds=parse_ints(args.seeds, "seeds"), image_size=args.image_size,
         noise=parse_floats(args.noise, "noise") if args.noise.strip().lower() != "none" else (),
         alice_epochs=args.alice_epochs, passes=args.passes, min_epochs=args.min_epochs,
         device=args.device, executor=args.executor, data_root=args.data_root,
         alice_source=args.alice_source, report_only=args.report_only)
-    print(f"report: {report / 'summary.md'}")
-    print(report)
-    return 0
