@@ -12,7 +12,7 @@ APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
 # Optional: installed where the distribution has it; without it the browser tests skip, saying why.
 APT_OPTIONAL := chromium-headless-shell
 
-.PHONY: demo test bench install system-packages clean
+.PHONY: demo test bench bench-quick bench-history install system-packages clean
 
 demo: $(STAMP)
 	$(BIN)/engine demo
@@ -20,8 +20,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# Every bench run is saved (pytest-benchmark JSON, machine and commit included) under
+# $(BENCH_STORAGE); `make bench-history` compares the tracked ratios across runs (bench/history.py).
+BENCH_STORAGE ?= .benchmarks
+BENCH_ARGS := -q --benchmark-only --benchmark-columns=min,median,rounds --benchmark-autosave \
+	--benchmark-storage=$(BENCH_STORAGE)
+
 bench: $(STAMP)
-	$(BIN)/pytest bench -q --benchmark-only --benchmark-columns=min,median,rounds
+	$(BIN)/pytest bench $(BENCH_ARGS)
+
+# CI's quick bench: tracked ratios only, every side on one torch thread (a busy machine then slows
+# each side alike); a ratio under its CI floor fails.
+bench-quick: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/pytest bench -m quick --ci-floors $(BENCH_ARGS)
+
+bench-history: $(STAMP)
+	$(BIN)/python -m bench.history --storage $(BENCH_STORAGE)
 
 install: $(STAMP)
 
