@@ -119,3 +119,14 @@ def test_the_example_script_runs_end_to_end(tiny_pair, tmp_path):
     df = engine.results(out)
     assert set(df["beta"]) == {0.0, 0.5, 1.0} and len(df) == 3 * 9
     assert json.loads((out / "sweep.json").read_text())["archs"] == ["mlp"]
+
+
+def test_readme_from_python_lists_every_function_with_its_docstring():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## From Python"):]
+    section = section[:section.index("\n## ", 1)]
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        if callable(obj) and not isinstance(obj, type):
+            assert f"`engine.{name}(" in section, name
+            assert (obj.__doc__ or "").strip(), name  # the reference the section summarises
