@@ -1,167 +1,134 @@
 #!/usr/bin/env bash
-# The prepared GPU check (one short session on a lent H100/H200): the same sweep with the naive
-# loop, the serial executor and the batched executor on CUDA, plus 100 head-only runs serial vs
-# batched. Prints fine-tunes/hour, ratios, dynamo recompiles, graph breaks / eager fallbacks and
-# peak GPU memory; the summary is the last lines and $OUT/summary.txt. Run from the repository root:
+# The one-shot GPU check: each phase in its own time-boxed process (bench/gpu_check.py), so a
+# failure or a timeout prints one line and the next phase runs. Every printed line starts with its
+# phase's tag, so one grep reads a run:
+#   ENV PROBE CONV ALICE GROUP RATE HEADS SERIAL ACC SUMMARY
 #
-#   bash bench/gpu_check.sh                        # DEVICE=cuda, in under 8 minutes on an H100/H200
-#   DEVICE=cpu N_TRAIN=1000 N_TEST=300 SEEDS=0 HEADS=8 bash bench/gpu_check.sh    # dry run on a CPU
+#   bash bench/gpu_check.sh                   # on the lent GPU: DEVICE=cuda, under 8 minutes
+#   DEVICE=cpu N_TRAIN=1000 N_TEST=300 SEEDS=0 HEADS=8 bash bench/gpu_check.sh    # CPU dry run
 #
-# Needs the MNIST and Fashion-MNIST raw files in the git-ignored folder ./data (carry it):
-#   data/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, data/FashionMNIST/raw/(same)
-# Uses the machine's python and torch as they are (never installs or upgrades torch; FFCV is not
-# needed). Everything it writes goes under $OUT (default: a new temporary directory).
+# Run from the repository root with the MNIST and Fashion-MNIST raw files in the git-ignored
+# ./data (device tool: carry=["data"]): data/MNIST/raw/*-ubyte.gz, data/FashionMNIST/raw/(same).
+# Settings are environment variables (python bench/gpu_check.py --help lists them): DEVICE,
+# N_TRAIN, N_TEST, SEEDS, EPOCHS, ALICE_EPOCHS, HEADS, SERIAL_LAYERS, N_NAIVE, CONV_K, CONV_BATCH,
+# CONV_ITERS, plus here PY (python), SCRATCH (/tmp/gpucheck: datasets, sweeps, compile caches;
+# wiped each run except datasets/, which build-data verifies before reuse; KEEP_CACHE=1 keeps the
+# compile caches too; a non-empty SCRATCH not made by this script is refused), OUT ($SCRATCH/out)
+# and BOX_PCT (time boxes in percent: 100 on CUDA, 250 on the CPU).
+# Uses the machine's torch as it is: never installs or upgrades it; the project imports from
+# ./ (PYTHONPATH), and is pip-installed (--no-deps) only when that import fails.
+#
+# Files under $OUT (4): gpu_check.txt (the tagged lines), results.jsonl (every figure, one JSON
+# object a line), detail.log (each phase's stderr: tracebacks, dynamo recompile logs, build-data's
+# log), nvidia-smi.txt.
 set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 1
 
-PY=${PY:-python3}
-DEVICE=${DEVICE:-cuda}
-N_TRAIN=${N_TRAIN:-20000}  # training samples per dataset
-N_TEST=${N_TEST:-5000}
-EPOCHS=${EPOCHS:-2}        # Bob's epochs; >= 2 turns the serial trainer's feature cache on
-SEEDS=${SEEDS:-0,1}        # the sweep mix: 15 runs per seed (cnn, --layers all, default modes)
-HEADS=${HEADS:-100}        # head-only runs (l = L, seeds 0..HEADS-1, one Alice)
-OUT=${OUT:-$(mktemp -d)}
-export ENGINE_DATA_ROOT=${ENGINE_DATA_ROOT:-$PWD/data}
-export ENGINE_CACHE_DIR=$OUT/cache ENGINE_OFFLINE=1 PYTHONUNBUFFERED=1
-export PIP_BREAK_SYSTEM_PACKAGES=1  # a throw-away machine whose python may be "externally managed"
-mkdir -p "$OUT"
-SUMMARY=$OUT/summary.txt
-: > "$SUMMARY"
-say() { echo "$*" | tee -a "$SUMMARY"; }
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export DEVICE=${DEVICE:-cuda} N_TRAIN=${N_TRAIN:-all} N_TEST=${N_TEST:-all} SEEDS=${SEEDS:-0,1,2}
+export EPOCHS=${EPOCHS:-1} ALICE_EPOCHS=${ALICE_EPOCHS:-1} HEADS=${HEADS:-128,512}
+export SCRATCH=${SCRATCH:-/tmp/gpucheck}
+export OUT=${OUT:-$SCRATCH/out}
+[ "$DEVICE" = cuda ] && BOX_PCT=${BOX_PCT:-100} || BOX_PCT=${BOX_PCT:-250}  # 2-core CPU: slower
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ENGINE_OFFLINE=1
+export ENGINE_DATA_ROOT=${ENGINE_DATA_ROOT:-$PWD/data} ENGINE_CACHE_DIR=$SCRATCH/cache
+# Compiled graphs shared between the phases' processes (SERIAL/HEADS reuse GROUP's programs).
+export TORCHINDUCTOR_CACHE_DIR=$SCRATCH/inductor TRITON_CACHE_DIR=$SCRATCH/triton
+export TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_INDEX=1  # a throw-away machine, no internet
 
-# 0. Versions ----------------------------------------------------------------------------------
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee -a "$SUMMARY"
-"$PY" - <<'EOF' | tee -a "$SUMMARY"
-import os, platform, sys, torch
-print("python", sys.version.split()[0], platform.machine(), "cpus", os.cpu_count(), "torch",
-      torch.__version__, "cuda", torch.version.cuda,
-      "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-EOF
-
-# 1. Install the project without touching torch (no FFCV: the engine's own reader is used) -----
-TORCH_VER=$("$PY" -c "import torch; print(torch.__version__)")
-missing=()
-for spec in numpy numba scipy pillow:PIL pyarrow pandas safetensors matplotlib filelock xxhash; do
-  mod=${spec#*:}; pkg=${spec%%:*}
-  "$PY" -c "import $mod" 2>/dev/null || missing+=("$pkg")
+if [ -d "$SCRATCH" ] && [ -n "$(ls -A "$SCRATCH")" ] && [ ! -e "$SCRATCH/.gpucheck" ]; then
+  echo "ENV refusing to wipe $SCRATCH: not a gpu_check scratch (no .gpucheck); set SCRATCH"
+  exit 1
+fi
+mkdir -p "$SCRATCH" "$OUT" && touch "$SCRATCH/.gpucheck"
+for p in "$SCRATCH"/*; do  # fresh state; $OUT may lie under $SCRATCH
+  case "$p" in "$SCRATCH/datasets"|"$OUT") ;;
+    "$SCRATCH/inductor"|"$SCRATCH/triton"|"$SCRATCH/cache")
+      [ "${KEEP_CACHE:-0}" = 1 ] || rm -rf "$p" ;;
+    *) rm -rf "$p" ;; esac
 done
-[ ${#missing[@]} -eq 0 ] || timeout 300 "$PY" -m pip install -q "${missing[@]}"
-timeout 300 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
-  || timeout 300 "$PY" -m pip install -q --no-deps . || { say "install failed"; exit 1; }
-"$PY" -c "import torch; assert torch.__version__ == '$TORCH_VER', 'torch changed'; import engine.sweep.driver" \
-  || { say "engine does not import"; exit 1; }
+LOG=$OUT/gpu_check.txt DETAIL=$OUT/detail.log RESULTS=$OUT/results.jsonl
+: > "$LOG"; : > "$DETAIL"; : > "$RESULTS"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
-# 2. One mnist:fashion dataset ------------------------------------------------------------------
-DATASET=$(timeout 300 "$PY" -m engine build-data --pair mnist:fashion --beta 0.75 \
-          --n-train "$N_TRAIN" --n-test "$N_TEST" --out "$OUT/datasets" | tail -n 1)
-[ -d "$DATASET" ] || { say "dataset build failed"; exit 1; }
+TAGS='^(ENV|PROBE|CONV|GROUP|RATE|HEADS|SERIAL|ACC|ALICE|SUMMARY)( |$)'
+OUTPUT_CAP=11800     # characters: the device tool returns the last 12,000 of the output
+SUMMARY_RESERVE=1800 # of them kept for SUMMARY's lines
+BANK=0               # seconds earlier phases left unused; phases with a draw may spend them
 
-# 3. Engine: serial and batched executors, same runs, same Alices ------------------------------
-cat > "$OUT/engine_check.py" <<'EOF'
-import json, os, shutil, sys, time
-from pathlib import Path
-import torch
-import torch._dynamo
-from torch._dynamo.utils import counters
-from engine.spec import BobSpec, Training, n_layers
-from engine.sweep.driver import execute
-from engine.sweep.expand import alice_spec, expand_sweep
-from engine.train.alice import pretrain
+emit() { echo "$*" | tee -a "$LOG"; }
 
-dataset, out = Path(sys.argv[1]), Path(sys.argv[2])
-device = torch.device(os.environ["DEVICE"])
-epochs, seeds = int(os.environ["EPOCHS"]), [int(s) for s in os.environ["SEEDS"].split(",")]
-heads = int(os.environ["HEADS"])
-dirs = {dataset.name: dataset}
-alice_t, bob_t = Training(epochs=1), Training(epochs=epochs)
-alices = [alice_spec(dataset.name, "cnn", s, alice_t) for s in sorted(set(seeds) | {0})]
-mix = expand_sweep([0.75], ["cnn"], seeds, datasets={0.75: dataset.name}, bob=bob_t, alice=alice_t)
-L = n_layers("cnn")
-head_only = [BobSpec(alice_id=alices[0].id, dataset=dataset.name, arch="cnn", retrain_from=L,
-                     mode="finetune", seed=s, epochs=epochs) for s in range(heads)]
-quiet = open(os.devnull, "w")
+# Tagged, at most 240 characters a line, within `cap` characters (the rest to detail.log).
+tagged() {
+  awk -v tag="$1" -v cap="$2" -v detail="$DETAIL" -v re="$TAGS" '
+    { line = $0; if (line !~ re) line = tag " " line; line = substr(line, 1, 240)
+      n += length(line) + 1
+      if (n <= cap) { print line; fflush() }
+      else { print line >> detail
+             if (!cut) { print tag " (output cap: more in detail.log)"; cut = 1 } } }' \
+    | tee -a "$LOG"
+}
 
-def sync():
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+# phase TAG NAME BOX DRAW CMD...: run CMD for at most BOX (+ up to DRAW banked) seconds, scaled
+# by BOX_PCT. The boxes add up to 445 s, and a phase spends banked time only, so the whole run
+# stays under 445 s (+ 5 s of kill grace per timed-out phase) on CUDA.
+phase() {
+  local tag=$1 name=$2 box=$(( $3 * BOX_PCT / 100 )) draw=$(( $4 * BOX_PCT / 100 )); shift 4
+  local extra=$(( BANK < draw ? BANK : draw ))
+  local limit=$(( box + extra )) t0=$SECONDS used cap rc
+  used=$(wc -c < "$LOG")
+  if [ "$tag" = SUMMARY ]; then cap=$(( OUTPUT_CAP - used )); else
+    cap=$(( OUTPUT_CAP - SUMMARY_RESERVE - used - 150 )); fi
+  (( cap < 0 )) && cap=0
+  echo "=== $name ($tag): limit ${limit}s" >> "$DETAIL"
+  PHASE_TIMEOUT=$limit timeout -k 5 "$limit" "$@" 2> "$SCRATCH/$name.err" | tagged "$tag" "$cap"
+  rc=${PIPESTATUS[0]}
+  local dt=$(( SECONDS - t0 ))
+  cat "$SCRATCH/$name.err" >> "$DETAIL"
+  BANK=$(( BANK + box - dt )); (( BANK < 0 )) && BANK=0
+  if (( rc == 124 || rc == 137 )); then
+    emit "$tag $name: stopped by its time box after ${dt}s (limit ${limit}s)"
+  elif (( rc != 0 )); then
+    local err
+    err=$(grep -E 'Error|error|Exception' "$SCRATCH/$name.err" | tail -n 1 | cut -c1-200)
+    emit "$tag $name: exit $rc after ${dt}s${err:+: $err}"
+  fi
+  echo "{\"phase\": \"status\", \"name\": \"$name\", \"rc\": $rc, \"s\": $dt, \"limit\": $limit}" \
+    >> "$RESULTS"
+}
 
-base = out / "base"
-for a in alices:  # once, shared by every timed run below
-    path = pretrain(dataset, a, base, device=device)
-    print("ALICE", json.dumps({"seed": a.seed, "path": str(path)}))
+G="$PY bench/gpu_check.py"
+install_engine() {  # only when the engine does not import from ./ as it is
+  local torch_before
+  torch_before=$("$PY" -c "import torch; print(torch.__version__)") \
+    || { echo "ENV no torch"; return 1; }
+  if "$PY" -c "import engine.sweep.driver, engine.train.batched, engine.cli" 2>/dev/null; then
+    echo "ENV install: not needed (engine imports from ./, torch $torch_before)"; return 0
+  fi
+  "$PY" -c "import engine.sweep.driver, engine.train.batched, engine.cli" 2>&1 | tail -n 1
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e . >&2 || echo "ENV pip install failed"
+  [ "$("$PY" -c "import torch; print(torch.__version__)")" = "$torch_before" ] \
+    || echo "ENV torch changed by the install!"
+  "$PY" -c "import engine.sweep.driver, engine.train.batched, engine.cli" \
+    && echo "ENV install: done, engine imports"
+}
 
-def timed(name, specs, executor, warm=True):
-    """Seconds for `specs` through `executor`, after an untimed warm-up on 256 samples."""
-    root = out / f"{name}-{executor}"
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(base / "alice", root / "alice")
-    if warm:
-        small = [BobSpec(**{**s.to_dict(), "n_bob": 256}) for s in specs]
-        execute(root / "warm", small, alices, dirs, executor=executor, device=device, stderr=quiet)
-    graphs0 = counters["stats"].get("unique_graphs", 0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync(); t = time.perf_counter()
-    counts = execute(root, specs, alices, dirs, executor=executor, device=device, stderr=quiet)
-    sync(); seconds = time.perf_counter() - t
-    import pandas as pd
-    df = pd.read_parquet(root / "results")
-    res = {"workload": name, "executor": executor, "runs": len(specs), "ran": counts["ran"],
-           "seconds": round(seconds, 2), "finetunes_per_hour": round(len(specs) * 3600 / seconds, 1),
-           "new_graphs_in_timed_run": counters["stats"].get("unique_graphs", 0) - graphs0,
-           "graph_breaks": sum(counters["graph_break"].values()),
-           "eager_fallbacks": sum(v for k, v in counters["unimplemented"].items()),
-           "max_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
-           "test_acc": {f"{r.retrain_from}:{r.mode}:{r.seed}": round(r.test_acc, 4) for r in df.itertuples()}}
-    print("RESULT " + json.dumps(res), flush=True)
-
-for executor in ("serial", "batched"):
-    timed("mix", mix, executor)
-for executor in ("serial", "batched"):
-    timed("heads", head_only, executor)
-EOF
-export DEVICE EPOCHS SEEDS HEADS
-TORCH_LOGS=recompiles,graph_breaks timeout 330 "$PY" "$OUT/engine_check.py" "$DATASET" "$OUT" \
-  > "$OUT/engine.log" 2>&1
-say "engine: exit $?, $(grep -c 'Recompiling function' "$OUT/engine.log") recompiles logged," \
-    "$(grep -ci 'graph break' "$OUT/engine.log") graph-break lines"
-grep -E "Error|error:" "$OUT/engine.log" | tail -n 5 | tee -a "$SUMMARY"
-
-# 4. Naive baseline on the same device for the sweep mix, one process per seed ----------------
-RUNS=$("$PY" -c "
-from engine.sweep.expand import expand_sweep
-print(','.join(f'{s.retrain_from}:{s.mode}' for s in expand_sweep([0.75], ['cnn'], [0], datasets={0.75: 'd'})))")
-: > "$OUT/naive.log"
-for seed in ${SEEDS//,/ }; do
-  ALICE=$(grep '^ALICE' "$OUT/engine.log" | grep "\"seed\": $seed," | head -n 1 | sed 's/.*"path": "\([^"]*\)".*/\1/')
-  [ -n "$ALICE" ] || continue
-  timeout 240 "$PY" bench/naive_baseline.py "$DATASET" "$ALICE" "$RUNS" --epochs "$EPOCHS" \
-      --seed "$seed" --device "$DEVICE" >> "$OUT/naive.log" 2>> "$OUT/naive.err"
-  say "naive seed $seed: exit $?"
-done
-
-# 5. Summary -------------------------------------------------------------------------------------
-"$PY" - "$OUT" <<'EOF' | tee -a "$SUMMARY"
-import json, sys
-out = sys.argv[1]
-naive = [json.loads(l) for l in open(f"{out}/naive.log") if l.startswith("{")]
-res = [json.loads(l[7:]) for l in open(f"{out}/engine.log") if l.startswith("RESULT ")]
-by = {(r["workload"], r["executor"]): r for r in res}
-if naive:
-    n_s = sum(r["seconds"] for r in naive)
-    print(f"naive mix: {len(naive)} fine-tunes in {n_s:.1f}s = {len(naive) * 3600 / n_s:.0f}/h")
-for r in res:
-    line = (f"{r['workload']} {r['executor']}: {r['finetunes_per_hour']}/h ({r['seconds']}s, "
-            f"{r['runs']} runs); new graphs in timed run {r['new_graphs_in_timed_run']}, graph "
-            f"breaks {r['graph_breaks']}, eager fallbacks {r['eager_fallbacks']}, max mem {r['max_mem_GiB']} GiB")
-    if r["workload"] == "mix" and naive:
-        line += f"; {r['finetunes_per_hour'] / (len(naive) * 3600 / n_s):.2f}x naive"
-    print(line)
-for w in ("mix", "heads"):
-    if (w, "serial") in by and (w, "batched") in by:
-        s, b = by[w, "serial"], by[w, "batched"]
-        print(f"{w}: batched {b['finetunes_per_hour'] / s['finetunes_per_hour']:.2f}x serial")
-        worst = max(abs(s["test_acc"][k] - b["test_acc"][k]) for k in s["test_acc"])
-        print(f"{w}: largest |test acc serial - batched| = {worst:.4f}")
-EOF
-echo "summary: $SUMMARY"
+export PY; export -f install_engine
+emit "ENV gpu_check: boxes sum to $(( 445 * BOX_PCT / 100 ))s; scratch $SCRATCH, logs $OUT"
+#     TAG     NAME    BOX DRAW
+phase ENV     env      10   0 $G env
+phase ENV     install  50   0 bash -c install_engine
+phase ENV     data     45   0 $G data
+phase PROBE   probe    45  20 $G probe
+phase CONV    conv     25  10 $G conv
+phase ALICE   alice    45  30 $G alice
+phase GROUP   group   115 999 $G group
+phase RATE    rate     10   0 $G rate
+phase HEADS   heads    30  30 $G heads
+phase SERIAL  serial   40  40 $G serial
+phase SERIAL  naive    20  20 $G naive
+phase SUMMARY summary  10   0 $G summary
+emit "SUMMARY done in ${SECONDS}s; figures in $RESULTS, logs in $DETAIL"
