@@ -79,6 +79,15 @@ def status(out) -> dict:
     if planned is None:  # a sweep from before state files: what the store holds
         planned = sorted(stored)
     planned_set = set(planned)
+    total = len(planned)
+    if not state and kind == "sweep":  # count the stored spec's runs (their IDs need datasets)
+        from engine.sweep.plan import expand
+        from engine.sweep.spec import SweepSpec
+        try:
+            total = max(total, len(expand(SweepSpec.from_dict(
+                json.loads(paths.sweep_file(out).read_text())))))
+        except (EngineError, TypeError, ValueError, OSError):
+            pass
     to_train = [r for r in state.get("to_train", []) if r not in stored]
     copies = [r for r in state.get("copies", []) if r not in stored]
     alices = state.get("alices", [])
@@ -129,7 +138,7 @@ def status(out) -> dict:
         error = "interrupted (Ctrl-C)"
     return {
         "dir": str(out), "kind": kind, "spec": line, "state": phase, "running": running,
-        "holder": holder, "runs_total": len(planned), "runs_done": len(planned_set & stored),
+        "holder": holder, "runs_total": total, "runs_done": len(planned_set & stored),
         "runs_to_train": len(to_train), "copies_to_record": len(copies),
         "alices_total": len(alices), "alices_done": alices_done,
         "datasets_total": len(datasets), "datasets_built": built,
