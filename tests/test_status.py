@@ -89,6 +89,6 @@ def test_status_reports_the_last_error_and_bad_directories(tiny_pair, tmp_path, 
     (out / "run-state.json").unlink()  # a sweep from before state files: counted from its spec
     assert main(["status", str(out), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
-    assert (s["state"], s["runs_total"], s["runs_done"]) == ("unknown", 2, 1)
+    assert (s["state"], s["runs_total"], s["runs_done"]) == ("unknown", 2, 2)  # rows stored
     assert main(["status", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
