@@ -141,7 +141,7 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("flags, needle", [
     (["--n-bob", "513"], "--n-bob 513 exceeds the 512 training samples"),
     (["--alice-epochs", "0"], "--alice-epochs"),
-    (["--executor", "ray", "--ray-address", "127.0.0.1:PORT"], "nothing answers there"),
+    (["--executor", "ray", "--ray-address", "127.0.0.1:PORT"], "no Ray cluster answers at"),
 ])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_values_are_refused_before_any_work(tiny_pair, tmp_path, capsys, flags, needle, dry_run):

@@ -93,10 +93,9 @@ def _check_ray_address(sweep: SweepSpec) -> None:
                               "`ray start --head`, give HOST:PORT, or drop --ray-address to start "
                               "a local instance")
     why = _reachable(address)
-    if why is not None:
-        raise EngineError(f"--ray-address {address}: nothing answers there ({why}); check the "
-                          "address `ray start --head` printed, or drop --ray-address to start a "
-                          "local instance")
+    if why is not None:  # the Ray executor's words when it meets the same (engine.sweep.ray_executor)
+        raise EngineError(f"no Ray cluster answers at {address} ({why}); start one with "
+                          f"`ray start --head --port={address.rpartition(':')[2]}`")
 
 
 def check(sweep: SweepSpec, *, dry_run: bool = False,
