@@ -11,8 +11,12 @@ every side, measured side by side in one run on one machine:
 - `test_head_only`: 100 head-only runs (l = L finetune, seeds 0..99, one Alice, one dataset),
   serial vs batched.
 
-Alices are pre-trained once per architecture, before any timing, and shared by all sides. Each
-side is timed once after an untimed warm-up of the same runs on 256 samples (first-call costs).
+Alices are pre-trained once per architecture, before any timing, and shared by all sides. The
+sweep mix's sides alternate over rounds (naive, serial, batched, then the reverse, so a load that
+drifts weighs on each side alike; BENCH_MIX_ROUNDS, default 2 for the mlp and 1 for the cnn, whose
+round takes ~9 min) and each side's fastest round counts; the benchmark's own time is a round of
+all three. Engine sides run after an untimed warm-up of the same runs on 256 samples (first-call
+costs), the naive loop warms up in each of its processes.
 Figures go to `extra_info`: fine-tunes/hour per side, the ratios, the FP32 FLOP rate reached by the
 batched side (FLOPs counted with torch.utils.flop_counter per layer, the least work any trainer
 must do: see `_flops`) and its fraction of this machine's measured fp32 peak (the `peak` fixture,
@@ -23,7 +27,7 @@ mlp mix is in the quick bench (`make bench-quick`, CI). The head-only figure is 
 sweep command produces 100 Bob seeds on one Alice.
 
 Sizes: BENCH_MIX_N (default 2000) training and BENCH_MIX_TEST_N (default 1000) test samples per
-dataset, BENCH_MIX_EPOCHS (default 1).
+dataset, BENCH_MIX_EPOCHS (default 1). The head-only runs: each side once, after its warm-up.
 """
 import io
 import json
@@ -53,13 +57,17 @@ PAIR, BETAS, SEEDS = "mnist:fashion", (0.0, 0.5, 1.0), (0, 1)
 N_TRAIN = int(os.environ.get("BENCH_MIX_N", 2000))
 N_TEST = int(os.environ.get("BENCH_MIX_TEST_N", 1000))
 EPOCHS = int(os.environ.get("BENCH_MIX_EPOCHS", 1))
+MIX_ROUNDS = {"mlp": 2, "cnn": 1}
+ROUNDS_ENV = os.environ.get("BENCH_MIX_ROUNDS")
 HEADS = 100
 WARMUP_N = 256
 ALICE = Training(epochs=1)
 BOB = Training(epochs=EPOCHS)
 NAIVE = Path(__file__).resolve().parent / "naive_baseline.py"
-# Floors: the project's goals (>= 3x naive for the mlp mix, >= 1.9x for the cnn mix; the default
-# executor no slower than serial). CI floors: the quick bench's honest minimum, bench/RESULTS.md.
+# (floor, CI floor). Floors: the project's goals at torch's default threads (one per core): >= 3x
+# naive for the mlp mix, >= 1.9x for the cnn mix, the default executor no slower than serial (the
+# mlp's 1.5x: 2.0x measured). CI floors: under the quick bench's honest runs (one torch thread
+# per side), bench/RESULTS.md; those runs are held to them, the goals being for all cores.
 FLOORS = {"mlp": {"naive": (3.0, None), "serial": (1.5, None)},
           "cnn": {"naive": (1.9, None), "serial": (1.0, None)}}
 QUIET = io.StringIO()
@@ -85,17 +93,19 @@ def _setup(datasets, arch: str) -> dict:
     return datasets
 
 
-def _run(setup, name: str, specs: list[BobSpec], executor: str) -> tuple[float, pd.DataFrame]:
-    """Seconds for `specs` through `executor` after an untimed warm-up; the rows written."""
+def _run(setup, name: str, specs: list[BobSpec], executor: str,
+         warm: bool = True) -> tuple[float, pd.DataFrame]:
+    """Seconds for `specs` through `executor` (after an untimed warm-up); the rows written."""
     root = setup["out"] / f"{name}-{executor}"
     shutil.rmtree(root, ignore_errors=True)
     for d in (root, root / "warm"):
         shutil.copytree(setup["out"] / "base" / "alice", d / "alice")
     dataset_dirs = {d.name: d for d in setup["dirs"].values()}
     alices = list(setup["alices"].values())
-    warm = [BobSpec(**{**s.to_dict(), "n_bob": WARMUP_N}) for s in specs]
-    execute(root / "warm", warm, alices, dataset_dirs, executor=executor, device="cpu",
-            stderr=QUIET)
+    if warm:
+        small = [BobSpec(**{**s.to_dict(), "n_bob": WARMUP_N}) for s in specs]
+        execute(root / "warm", small, alices, dataset_dirs, executor=executor, device="cpu",
+                stderr=QUIET)
     t0 = time.perf_counter()
     counts = execute(root, specs, alices, dataset_dirs, executor=executor, device="cpu",
                      stderr=QUIET)
@@ -169,13 +179,22 @@ def test_sweep_mix(benchmark, track, peak, datasets, arch):
     for beta in BETAS:
         specs += expand_sweep([beta], [arch], list(SEEDS), datasets={beta: setup["dirs"][beta].name},
                               bob=BOB, alice=ALICE)
-    naive_s, naive_acc = _naive(setup, arch)
-    serial_s, serial_df = _run(setup, f"mix-{arch}", specs, "serial")
-    batched = {}
-    benchmark.pedantic(lambda: batched.update(zip(("s", "df"), _run(setup, f"mix-{arch}", specs,
-                                                                     "batched"))),
-                       rounds=1, iterations=1, warmup_rounds=0)
-    batched_s, batched_df = batched["s"], batched["df"]
+    seconds, out = {"naive": [], "serial": [], "batched": []}, {}
+    sides = {"naive": lambda: _naive(setup, arch)}
+    for executor in ("serial", "batched"):
+        sides[executor] = lambda e=executor: _run(setup, f"mix-{arch}", specs, e,
+                                                  warm=not seconds[e])
+
+    def one_round():
+        order = list(sides) if len(seconds["naive"]) % 2 == 0 else list(sides)[::-1]
+        for side in order:
+            s, out[side] = sides[side]()
+            seconds[side].append(s)
+
+    rounds = int(ROUNDS_ENV) if ROUNDS_ENV else MIX_ROUNDS[arch]
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    naive_s, serial_s, batched_s = (min(seconds[k]) for k in ("naive", "serial", "batched"))
+    naive_acc, serial_df, batched_df = out["naive"], out["serial"], out["batched"]
     per_hour = {k: len(specs) * 3600 / v for k, v in
                 (("naive", naive_s), ("serial", serial_s), ("batched", batched_s))}
     acc = serial_df.set_index("run_id")["test_acc"]
@@ -186,6 +205,7 @@ def test_sweep_mix(benchmark, track, peak, datasets, arch):
         "device": device_name(torch.device("cpu")), "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "n_train": N_TRAIN, "n_test": N_TEST,
         "epochs": EPOCHS, "seconds": {"naive": naive_s, "serial": serial_s, "batched": batched_s},
+        "seconds_per_round": seconds,
         "finetunes_per_hour": per_hour,
         "batched_vs_naive": per_hour["batched"] / per_hour["naive"],
         "batched_vs_serial": per_hour["batched"] / per_hour["serial"],
@@ -201,6 +221,8 @@ def test_sweep_mix(benchmark, track, peak, datasets, arch):
                 f"torch threads {torch.get_num_threads()}")
     for other in ("naive", "serial"):
         floor, ci_floor = FLOORS[arch][other]
+        if torch.get_num_threads() != os.cpu_count() and ci_floor is not None:
+            floor = ci_floor
         track(f"sweep mix {arch}: batched vs {other}", per_hour["batched"] / per_hour[other],
               floor=floor, ci_floor=ci_floor, workload=workload)
     assert len(batched_df) == len(specs) and set(batched_df["executor"]) == {"batched"}
