@@ -776,7 +776,8 @@ def phase_rate() -> None:
     say("RATE", f"paper cnn mix: {PAPER_BETAS} betas x {PAPER_SEEDS} seeds x {recorded} = "
                 f"{units * recorded} recorded ({units * trained} trained), {PAPER_N} samples, "
                 f"{PAPER_EPOCHS} epochs = {steps} steps a group")
-    say("RATE", f"time of group f = ms/step at measured K x paper K / measured K (linear in K) "
+    say("RATE", f"time of group f = ms/step at the measured slots (K padded) x paper slots / "
+                f"measured slots (linear: an upper bound, small groups underuse the GPU) "
                 f"x {steps} steps")
     g = records("group")
     if not g:
@@ -796,6 +797,8 @@ def phase_rate() -> None:
         timed = [s for s in mine if (s.get("gpu_ms_per_step") or s.get("host_ms_per_step"))]
         if mine and len(timed) == len(mine):
             K = sum(s["K"] for s in mine)
+            slots = sum(s.get("K_padded") or s["K"] for s in mine)
+            paper_slots = -(-Kp // 8) * 8 if slots > K or slots % 8 == 0 else Kp
             host = sum(s.get("host_ms_per_step") or 0 for s in mine)
             if all(s.get("gpu_ms_per_step") is not None for s in mine):
                 # split groups run one after another: their step times add
@@ -804,8 +807,9 @@ def phase_rate() -> None:
             else:  # no GPU timing (CPU): the host's step time is the compute time
                 gpu = host
                 src = f"host {host:.2f} ms/step at K={K} (no GPU timing)"
-            t_gpu = gpu * Kp / K * steps / 1e3
-            t_run = max(host, gpu * Kp / K) * steps / 1e3
+            t_gpu = gpu * paper_slots / slots * steps / 1e3
+            t_run = max(host, gpu * paper_slots / slots) * steps / 1e3
+            src += f" ({slots} slots; paper {paper_slots})"
         elif calls:  # no GROUP_STATS: the call's wall (compile and evaluation included)
             K = sum(c["K"] for c in calls)
             wall = sum(c["wall_s"] for c in calls)
