@@ -39,7 +39,9 @@ SHIM=${SCRATCH:-/tmp/gpucheck}.pkg/engine
 rm -rf "$(dirname "$SHIM")" && mkdir -p "$SHIM" \
   && for f in "$PWD"/engine/*; do ln -s "$f" "$SHIM/"; done \
   && ln -s "$PWD/kernels" "$SHIM/kernels" && ln -s "$PWD/datasets" "$SHIM/datasets"
-export PYTHONPATH=$(dirname "$SHIM"):$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 ENGINE_OFFLINE=1
+# PYTHONSAFEPATH: `python -c`/`-m` would put ./ (the plain engine/, without its kernels) first.
+export PYTHONPATH=$(dirname "$SHIM"):$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONSAFEPATH=1
+export PYTHONUNBUFFERED=1 ENGINE_OFFLINE=1
 export ENGINE_DATA_ROOT=${ENGINE_DATA_ROOT:-$PWD/data} ENGINE_CACHE_DIR=$SCRATCH/cache
 # Compiled graphs shared between the phases' processes (SERIAL/HEADS reuse GROUP's programs).
 export TORCHINDUCTOR_CACHE_DIR=$SCRATCH/inductor TRITON_CACHE_DIR=$SCRATCH/triton
