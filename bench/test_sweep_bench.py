@@ -9,8 +9,13 @@
 - `test_alice_stage`: the Alice stage of an mlp sweep (3 betas x 2 seeds = 6 Alices, 3000
   samples, 2 epochs), `BatchedExecutor().pretrain` against `SerialExecutor().pretrain`.
 
+- `test_precision_mix[mlp|cnn]`: the default sweep mix with `--precision fp32` against `bf16`
+  (issue 16: where the CPU computes bf16 natively, auto picks bf16; measured, with the accuracy
+  difference beside the seeds' spread). Not a tracked ratio: it depends on the CPU's bf16.
+
 Tracked ratios (bench/conftest.py `track`): head-only command batched vs serial (goal >= 1.3x),
-Alice stage batched vs one at a time. Sizes: BENCH_SWEEP_N (default 3000) training samples.
+Alice stage batched vs one at a time. Sizes: BENCH_SWEEP_N (default 3000) training samples,
+BENCH_PRECISION_N (default 1000) for the precision mixes.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 import engine
 from engine import paths
 from engine.spec import Training
+from engine.store import ResultsStore
 from engine.sweep.driver import run_sweep
 from engine.sweep.executors import BatchedExecutor, Context, SerialExecutor
 from engine.sweep.expand import alice_spec
@@ -112,3 +118,45 @@ def test_alice_stage(benchmark, track, tmp_path_factory):
     benchmark.extra_info.update(serial_s=serial, batched_s=batched, alices=len(specs))
     track("Alice stage (mlp, 6 Alices), batched vs one at a time", serial / batched, floor=1.5,
           workload=f"n_train={N_TRAIN}")
+
+
+PRECISION_N = int(os.environ.get("BENCH_PRECISION_N", 1000))
+
+
+def _mix(arch: str, precision: str) -> SweepSpec:
+    return SweepSpec(pair=PAIR, betas=(0.0, 1.0), seeds=SEEDS, archs=(arch,),
+                     bob=Training(epochs=1), alice=Training(epochs=1), n_train=PRECISION_N,
+                     n_test=N_TEST, data_root=str(ROOT), device="cpu", executor="batched",
+                     precision=precision)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_precision_mix(benchmark, arch, tmp_path):
+    """The default sweep mix (2 betas x 2 seeds = 60 runs, Alices included) in fp32 and in bf16
+    autocast, whole commands, alternating. Meaningful where the CPU computes bf16 natively
+    (`machine_info.bf16_native`); elsewhere bf16 is emulated. Accuracy: the mean |test accuracy
+    fp32 - bf16| per run beside the seeds' own spread (mean |seed 0 - seed 1| in fp32)."""
+    datasets = tmp_path / "datasets"
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    tables = {}
+    for round_ in range(2):
+        for precision in (("fp32", "bf16") if round_ == 0 else ("bf16", "fp32")):
+            out = tmp_path / f"{precision}-{round_}"
+            sweep = _mix(arch, precision).replace(datasets_dir=str(datasets))
+            start = time.perf_counter()
+            run_sweep(sweep, out, stdout=QUIET, stderr=QUIET)
+            times[precision].append(time.perf_counter() - start)
+            tables[precision] = ResultsStore(out, read_only=True).table()
+    fp32, bf16 = (tables[p].assign(key=lambda t: t["dataset"] + t["mode"]
+                                   + t["retrain_from"].astype(str) + t["seed"].astype(str))
+                  .set_index("key")["test_acc"] for p in ("fp32", "bf16"))
+    by_seed = tables["fp32"].pivot_table(index=["dataset", "mode", "retrain_from"],
+                                         columns="seed", values="test_acc")
+    benchmark.pedantic(lambda: None, rounds=1)
+    benchmark.extra_info.update(
+        fp32_s=min(times["fp32"]), bf16_s=min(times["bf16"]),
+        bf16_speedup=min(times["fp32"]) / min(times["bf16"]),
+        mean_abs_acc_diff=float((fp32 - bf16.loc[fp32.index]).abs().mean()),
+        seed_spread=float((by_seed[0] - by_seed[1]).abs().mean()),
+        precisions=sorted(set(tables["bf16"]["precision"])))
+    assert set(tables["bf16"]["precision"]) == {"bf16"}

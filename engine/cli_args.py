@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batched (default): runs of one group shape train together as one stacked "
                    "model; serial: one run at a time; ray: Alices and work units as Ray tasks, on "
                    "this machine or a cluster (pip install 'engine-transfer[ray]')")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="arithmetic of every run, recorded in its spec: auto (default) = bf16 "
+                   "autocast where the device computes bf16 natively (CUDA; CPUs with AMX or "
+                   "AVX512-BF16), fp32 elsewhere")
     p.add_argument("--max-group", type=int, help="at most this many runs per batched group "
                    "(default: as many as the memory budget allows)")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT", help="--executor ray: join this "

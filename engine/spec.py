@@ -129,6 +129,11 @@ def frozen_prefix(n_layers: int, retrain_from: int, mode: str) -> int:
 # Run specs ---------------------------------------------------------------------------------------
 
 ARCHS = ("mlp", "cnn", "resnet18")  # engine.train.models.ARCHS builds them
+# Arithmetic of a run: "fp32", or "bf16" autocast. A spec's None is the device's default before
+# the option existed (bf16 autocast on CUDA, fp32 on the CPU) and is left out of the spec's hash,
+# so stores written before keep their run IDs; engine.train.device.spec_precision resolves a
+# request (auto, fp32, bf16) to what a spec records, and rows record the precision used.
+PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = {"sgd": 0.01, "adam": 1e-3}  # name -> default learning rate
 TRANSFER_MODES = ("finetune", "reinit")
 BASELINES = ("scratch", "random-frozen")
@@ -151,6 +156,18 @@ def _check_arch(arch, depth, width, global_pool) -> None:
     if arch not in ARCHS:
         raise EngineError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHS)}")
     n_layers(arch, depth, width, global_pool)  # raises on options the arch does not take
+
+
+def _check_precision(precision) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; choose one of: auto, "
+                          f"{', '.join(PRECISIONS)}")
+
+
+def _without_default_precision(d: dict) -> dict:
+    if d.get("precision", 0) is None:
+        del d["precision"]
+    return d
 
 
 def _check_seed(seed) -> None:
@@ -180,19 +197,21 @@ class AliceSpec:
     depth: int | None = None
     width: int | None = None
     global_pool: bool = False
+    precision: str | None = None  # PRECISIONS; None: the device's default (see PRECISIONS)
 
     def __post_init__(self):
         object.__setattr__(self, "lr", _check_training(self.epochs, self.optimizer, self.lr,
                                                        self.batch_size))
         _check_arch(self.arch, self.depth, self.width, self.global_pool)
         _check_seed(self.seed)
+        _check_precision(self.precision)
 
     @property
     def id(self) -> str:
         return spec_hash(self)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _without_default_precision(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -213,10 +232,12 @@ class BobSpec:
     depth: int | None = None
     width: int | None = None
     global_pool: bool = False
+    precision: str | None = None  # PRECISIONS; None: the device's default (see PRECISIONS)
 
     def __post_init__(self):
         object.__setattr__(self, "lr", _check_training(self.epochs, self.optimizer, self.lr,
                                                        self.batch_size))
+        _check_precision(self.precision)
         if self.mode not in TRANSFER_MODES + BASELINES:
             raise EngineError(f"unknown mode {self.mode!r}; choose one of: "
                               f"{', '.join(TRANSFER_MODES + BASELINES)}")
@@ -246,7 +267,7 @@ class BobSpec:
         return fields_hash("BobComputation", d)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _without_default_precision(dataclasses.asdict(self))
 
 
 def _check_n_bob(n) -> None:

@@ -66,6 +66,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "samples_per_s": pa.float64(),
     "device": pa.string(),
     "executor": pa.string(),          # serial | batched | ... (engine.sweep.executors); "" = older
+    "precision": pa.string(),         # fp32 | bf16 (autocast) as the run computed; "" = older
     "engine_version": pa.string(),
     "finished_at": pa.string(),       # ISO 8601, UTC
     "computed_by": pa.string(),       # "" = this run trained; else the run_id whose training
@@ -94,7 +95,7 @@ OPTIONAL = {
 
 # Columns added after stores were first written: their value in rows (log lines, parts, callers)
 # from before; a row may leave them out too.
-ADDED = {"block_shuffle": 0, "computed_by": "", "executor": ""}
+ADDED = {"block_shuffle": 0, "computed_by": "", "executor": "", "precision": ""}
 
 FLUSH_ROWS = 64        # rows buffered before a part is written
 FLUSH_SECONDS = 60.0   # seconds a row may wait in the buffer

@@ -171,6 +171,17 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
     monkeypatch.setenv("ENGINE_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_without_native_bf16():
+    """`--precision auto` depends on the CPU (bf16 where it is native): tests in this process,
+    module fixtures included, see a CPU without it, whatever the machine, so their runs are fp32
+    as before; tests of precision set it themselves."""
+    import engine.train.device
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine.train.device, "native_bf16", lambda device: device.type == "cuda")
+        yield
+
+
 TWO_HALF_SHAPE = (28, 56, 1)
 
 

@@ -7,6 +7,8 @@ without generating code): what recompiles and what breaks graphs is decided befo
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -82,8 +84,9 @@ def _compiled_groups(specs_by_group, backend="aot_eager"):
 
 
 def test_one_graph_per_program_and_padded_size(monkeypatch):
-    """Two programs (frozen depths 1 and 2) at two group sizes (3 -> 8 slots, 10 -> 16): four
-    graphs, no graph break; the same shapes again with other members compile nothing new."""
+    """Two programs (frozen depths 1 and 2) at two group sizes (3 -> 8 slots, 10 -> 16), under
+    bf16 autocast as on CUDA: four graphs, no graph break; the same shapes again with other
+    members compile nothing new."""
     torch._dynamo.reset()
     counters.clear()
     monkeypatch.setattr(grouped, "_STEPS", {})
@@ -94,7 +97,8 @@ def test_one_graph_per_program_and_padded_size(monkeypatch):
             for n in (3, 10):
                 ms = _members("cnn", "sgd", 32, modes=("finetune",), seeds=seeds[:n],
                               retrain_from=retrain_from, epochs=1)
-                out.append([m for m in ms if m.train is ms[0].train][:n])
+                out.append([dataclasses.replace(m, spec=dataclasses.replace(
+                    m.spec, precision="bf16")) for m in ms if m.train is ms[0].train][:n])
         return out
 
     _compiled_groups(groups(list(range(10))))

@@ -45,6 +45,7 @@ alice-epochs = 1
 n-train = 512
 "n-test" = 256
 device = "cpu"
+precision = "fp32"
 layers = [3]
 modes = "finetune"
 baselines = ["scratch"]

@@ -40,7 +40,9 @@ def test_status_of_a_running_a_killed_and_a_finished_sweep(tiny_pair, tmp_path, 
     proc = subprocess.Popen([sys.executable, "-m", "engine", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        first = wait_for(out, proc, lambda s: s["running"] and s["runs_done"] > 0)
+        # A rate needs a trained run's row in the store: its copies may be read first.
+        first = wait_for(out, proc, lambda s: s["running"] and s["runs_done"] > 0
+                         and (s["runs_per_min"] or 0) > 0)
         second = wait_for(out, proc, lambda s: s["runs_done"] > first["runs_done"])
     finally:
         proc.send_signal(signal.SIGKILL)

@@ -42,9 +42,13 @@ def tiny_pair(tmp_path_factory) -> str:
 
 
 def sweep_argv(pair, out, *extra):
+    """A tiny mlp sweep. `--precision fp32`: the same run IDs in a subprocess as in this one,
+    whatever the CPU (auto picks bf16 where it is native; conftest pins that for this process
+    only)."""
     return ["sweep", "--pair", pair, "--betas", "0,1", "--seeds", "0", "--arch", "mlp",
             "--depth", "2", "--width", "16", "--epochs", "1", "--alice-epochs", "1",
-            "--n-train", "512", "--n-test", "256", "--device", "cpu", "--out", str(out), *extra]
+            "--n-train", "512", "--n-test", "256", "--device", "cpu", "--precision", "fp32",
+            "--out", str(out), *extra]
 
 
 # Expansion ---------------------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def bound(out: Path, o: Options, log: LOG) -> list[Path]:
 def _line(out: Path, r, name: str, model, state_a: dict, state_b: dict, o: Options) -> list[dict]:
     from engine.analysis.landscape import interpolate
     test = art.first(art.dataset(out, r["dataset"])[1], o.max_samples)
-    c = interpolate(model, state_a, state_b, test, "bob_label", k=o.points)
+    c = interpolate(model, state_a, state_b, test, "bob_label", k=o.points,
+                    precision=art.run_spec(r).precision)
     return [{**_meta(r), "path": name, "t": float(t), "loss": float(loss), "acc": float(acc),
              "loss_barrier": c["loss_barrier"], "error_barrier": c["error_barrier"]}
             for t, loss, acc in zip(c["t"], c["loss"], c["acc"])]
@@ -162,11 +163,12 @@ def criticality(out: Path, o: Options, log: LOG) -> list[Path]:
         spec = art.run_spec(r)
         bob, _ = art.bob_model(out, spec=spec, log=log)
         train = art.first(art.dataset(out, r["dataset"])[0], o.max_samples)
-        threshold = min(1.0, 1 - evaluate(bob, train, "bob_label")[0] + o.tolerance)
+        threshold = min(1.0, 1 - evaluate(bob, train, "bob_label", precision=spec.precision)[0]
+                        + o.tolerance)
         c = module_criticality(bob, art.bob_initial_state(out, spec, bob),
                                snapshot(bob.state_dict()), train,
                                "bob_label", o.alphas, o.sigmas, threshold, n_noise=2,
-                               seed=spec.seed)
+                               seed=spec.seed, precision=spec.precision)
         for i, layer in enumerate(c["layers"]):
             rows += [{**_meta(r), "layer": layer, "alpha": float(a), "sigma": float(s),
                       "error": float(c["error"][i, ai, si]), "threshold": threshold,

@@ -62,12 +62,14 @@ def barrier_height(losses) -> float:
 
 
 def interpolate(model: LayeredNet, state_a: dict[str, Tensor], state_b: dict[str, Tensor],
-                data: DeviceData, label: str, k: int = 11, batch_size: int = 1024) -> dict:
+                data: DeviceData, label: str, k: int = 11, batch_size: int = 1024,
+                precision: str | None = None) -> dict:
     """Accuracy and mean cross-entropy of `model` at `k` evenly spaced points t = 0 .. 1 on the
     straight line between `state_a` (t = 0) and `state_b` (t = 1); see `interpolate_state`.
 
     Returns numpy arrays `t`, `acc`, `loss`, `error` (1 - acc) and floats `loss_barrier` and
-    `error_barrier` (`barrier_height` of each curve).
+    `error_barrier` (`barrier_height` of each curve). `precision`: the runs' (engine.spec
+    .PRECISIONS), so the end points give their stored accuracies.
     """
     if k < 2:
         raise EngineError(f"k must be at least 2 (the two end points), got {k}")
@@ -78,7 +80,7 @@ def interpolate(model: LayeredNet, state_a: dict[str, Tensor], state_b: dict[str
     try:
         for i, t in enumerate(ts):
             model.load_state_dict(interpolate_state(state_a, state_b, t))
-            acc[i], loss[i] = evaluate(model, data, label, batch_size)
+            acc[i], loss[i] = evaluate(model, data, label, batch_size, precision=precision)
     finally:
         model.load_state_dict(saved)
     return {"t": ts, "acc": acc, "loss": loss, "error": 1 - acc,
@@ -99,7 +101,7 @@ def _layer_tensors(model: LayeredNet, i: int, state: dict[str, Tensor]) -> dict[
 def module_criticality(model: LayeredNet, state_init: dict[str, Tensor],
                        state_final: dict[str, Tensor], data: DeviceData, label: str,
                        alphas, sigmas, threshold: float, n_noise: int = 3, seed: int = 0,
-                       batch_size: int = 1024) -> dict:
+                       batch_size: int = 1024, precision: str | None = None) -> dict:
     """Module criticality (Chatterji et al. eq. 2) of each layer, on a grid of (alpha, sigma),
     e.g. alphas = np.linspace(0, 1, 11), sigmas = (0, 0.05, 0.1, 0.2), threshold = 0.05.
 
@@ -159,7 +161,8 @@ def module_criticality(model: LayeredNet, state_init: dict[str, Tensor],
                         noisy = {n: v + std * torch.randn(v.shape, generator=gen).to(v)
                                  if n in params else v for n, v in rewound.items()}
                         layer.load_state_dict(noisy)
-                        acc, _ = evaluate(model, data, label, batch_size)
+                        acc, _ = evaluate(model, data, label, batch_size,
+                                          precision=precision)
                         error[i, a, s] += (1 - acc) / draws
             layer.load_state_dict(final)
     finally:

@@ -113,7 +113,7 @@ def spec_flags(s: SweepSpec) -> dict:
         "data-root": s.data_root, "device": s.device, "device-budget-gb": s.device_budget_gb,
         "executor": s.executor, "max-group": s.max_group, "ray-address": s.ray_address,
         "cpus-per-unit": s.cpus_per_unit, "gpus-per-unit": s.gpus_per_unit,
-        "max-retries": s.max_retries,
+        "max-retries": s.max_retries, "precision": s.precision,
     }
 
 

@@ -33,6 +33,7 @@ from engine.errors import EngineError
 from engine.locks import output_lock
 from engine.progress import Progress
 from engine.spec import AliceSpec, BobSpec, canonical_json
+from engine.train.device import spec_precision
 from engine.store import ResultsStore
 from engine.sweep import plan as planner
 from engine.sweep import preflight, state
@@ -117,6 +118,24 @@ def _check_resources(sweep: SweepSpec, datasets_root: Path, out: Path) -> None:
             "datasets to build)", "lower --n-train/--n-test, sweep fewer betas or free space")
 
 
+def _precision(sweep: SweepSpec, out: Path, device: torch.device,
+               log: Callable[[str], None]) -> str | None:
+    """What every run's spec records for `sweep.precision` on `device`
+    (engine.train.device.spec_precision). Under auto, a directory holding runs stored before the
+    option existed (precision "") resumes in the device's default arithmetic, the one they used,
+    so that their run IDs still match: on a CPU that computes bf16 natively auto would otherwise
+    train them all again in bf16."""
+    chosen = spec_precision(sweep.precision, device)
+    if sweep.precision != "auto" or chosen is None or not (out / "results").is_dir():
+        return chosen
+    table = ResultsStore(out, read_only=True).table()
+    if "" in set(table["precision"]):
+        log(f"notice: {out} holds runs from before --precision; resuming in the device's "
+            "default arithmetic (fp32 on the CPU), as they were; --precision bf16 adds bf16 runs")
+        return None
+    return chosen
+
+
 def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextIO,
                 log: Callable[[str], None]) -> dict:
     datasets_root = Path(sweep.datasets_dir) if sweep.datasets_dir else paths.sweep_datasets(out)
@@ -133,7 +152,9 @@ def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextI
     _write_spec(sweep, out, log)
     options = ({k: getattr(sweep, k) for k in ("ray_address", "cpus_per_unit", "gpus_per_unit",
                                                 "max_retries")} if sweep.executor == "ray" else {})
-    return execute(out, planner.expand(sweep, keys), planner.alices(sweep, keys), dirs,
+    precision = _precision(sweep, out, device, log)
+    return execute(out, planner.expand(sweep, keys, precision),
+                   planner.alices(sweep, keys, precision), dirs,
                    executor=sweep.executor, executor_options=options, device=device,
                    save_epochs=sweep.alice_save_epochs, budget_gb=sweep.device_budget_gb,
                    max_group=sweep.max_group, stderr=stderr)

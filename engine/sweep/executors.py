@@ -30,6 +30,7 @@ from engine.train.freeze import prepare_bob
 from engine.train.stream import (StreamData, dataset_bytes, evaluate_stream, fit_stream,
                                  fits_on_device)
 from engine.train.features import PrefixStore, shared_inputs
+from engine.train.device import precision_used
 from engine.train.trainer import CompiledModelCache, evaluate, feature_budget, fit
 
 LABEL = "bob_label"
@@ -63,7 +64,8 @@ def run_bob(spec: BobSpec, train, test, *, n_classes: int, alice_state: dict | N
     L = n_layers(spec.arch, spec.depth, spec.width, spec.global_pool)
     frozen = frozen_prefix(L, spec.retrain_from, spec.mode)
     runner = cache.get(spec.arch, train.input_shape, n_classes, frozen_upto=frozen,
-                       depth=spec.depth, width=spec.width, global_pool=spec.global_pool)
+                       depth=spec.depth, width=spec.width, global_pool=spec.global_pool,
+                       precision=spec.precision)
     model = runner.model
     params = prepare_bob(model, alice_state, retrain_from=spec.retrain_from, mode=spec.mode,
                          seed=spec.seed)
@@ -83,7 +85,8 @@ def run_bob(spec: BobSpec, train, test, *, n_classes: int, alice_state: dict | N
                                        features=None if shared is None else shared[1])
     return {"n_layers": L, "n_bob": len(data), "test_acc": test_acc, "test_loss": test_loss,
             "train_acc": m["train_acc"], "train_loss": m["train_loss"],
-            "wall_s": time.perf_counter() - start, "samples_per_s": m["samples_per_s"]}
+            "wall_s": time.perf_counter() - start, "samples_per_s": m["samples_per_s"],
+            "precision": precision_used(spec.precision, device)}
 
 
 def train_unit(unit: WorkUnit, train, test, n_classes: int, alice_state: dict | None,

@@ -22,10 +22,10 @@ from engine.spec import (BASELINES, TRANSFER_MODES, AliceSpec, BobSpec, Training
 
 
 def alice_spec(dataset: str, arch: str, seed: int, alice: Training, *, depth=None, width=None,
-               global_pool=False) -> AliceSpec:
+               global_pool=False, precision: str | None = None) -> AliceSpec:
     return AliceSpec(dataset=dataset, arch=arch, optimizer=alice.optimizer, epochs=alice.epochs,
                      lr=alice.lr, batch_size=alice.batch_size, seed=seed, depth=depth, width=width,
-                     global_pool=global_pool)
+                     global_pool=global_pool, precision=precision)
 
 
 def _unique(values: Iterable, name: str) -> list:
@@ -50,12 +50,14 @@ def expand_sweep(betas: Sequence[float], archs: Sequence[str], seeds: Sequence[i
                  datasets: Mapping[float, str] | None = None,
                  alice_datasets: Mapping[float, str] | None = None, bob: Training = Training(),
                  alice: Training = Training(), depth: int | None = None,
-                 width: int | None = None, global_pool: bool = False) -> list[BobSpec]:
+                 width: int | None = None, global_pool: bool = False,
+                 precision: str | None = None) -> list[BobSpec]:
     """Every Bob run of a sweep, in the order described in the module docstring.
 
     `layers` is "all" (1..L of each arch) or retrain_from values valid for every arch.
     `datasets` maps beta to dataset key; without it keys are placeholders "beta-<b>" (dry runs).
     `alice_datasets` maps beta to the dataset Alice pre-trains on (default: Bob's, `datasets`).
+    `precision`: what every spec records (engine.spec.PRECISIONS; None: the device's default).
     """
     betas = check_betas(betas)
     archs, seeds = _unique(archs, "archs"), _unique(seeds, "seeds")
@@ -89,7 +91,8 @@ def expand_sweep(betas: Sequence[float], archs: Sequence[str], seeds: Sequence[i
     _check_training(bob.epochs, bob.optimizer, bob.lr, bob.batch_size)
     if datasets is None:
         datasets = {b: f"beta-{b:g}" for b in betas}
-    arch_opts = {"depth": depth, "width": width, "global_pool": global_pool}
+    arch_opts = {"depth": depth, "width": width, "global_pool": global_pool,
+                 "precision": precision}
     train_opts = dataclasses.asdict(bob)
 
     specs: list[BobSpec] = []

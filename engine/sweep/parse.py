@@ -142,6 +142,7 @@ def sweep_spec(args) -> "SweepSpec":
         block_shuffles=tuple(parse_block_shuffles(args.block_shuffle)), data_root=args.data_root,
         datasets_dir=data.get("root"), device=args.device,
         device_budget_gb=args.device_budget_gb, executor=args.executor, max_group=args.max_group,
+        precision=getattr(args, "precision", "auto"),
         ray_address=getattr(args, "ray_address", None),
         cpus_per_unit=getattr(args, "cpus_per_unit", 1.0),
         gpus_per_unit=getattr(args, "gpus_per_unit", 0.0),

@@ -84,8 +84,11 @@ def _placeholder(beta: float, block: int | None) -> str:
     return f"beta-{beta:g}" + ("" if block is None else f"-blk{block}")
 
 
-def expand(sweep: SweepSpec, keys: DatasetKeys | None = None) -> list[BobSpec]:
-    """Every Bob run of `sweep`, per block size; Alice's dataset is the unshuffled one."""
+def expand(sweep: SweepSpec, keys: DatasetKeys | None = None,
+           precision: str | None = None) -> list[BobSpec]:
+    """Every Bob run of `sweep`, per block size; Alice's dataset is the unshuffled one.
+    `precision`: what each spec records, `sweep.precision` resolved for the device
+    (engine.train.device.spec_precision; None: the device's default)."""
     key = (lambda b, blk: keys[b, blk]) if keys is not None else _placeholder
     specs: list[BobSpec] = []
     for block in sweep.block_shuffles:
@@ -93,23 +96,26 @@ def expand(sweep: SweepSpec, keys: DatasetKeys | None = None) -> list[BobSpec]:
             sweep.betas, sweep.archs, sweep.seeds, sweep.layers, sweep.modes, sweep.baselines,
             sweep.n_bobs, datasets={b: key(b, block) for b in sweep.betas},
             alice_datasets={b: key(b, None) for b in sweep.betas}, bob=sweep.bob,
-            alice=sweep.alice, depth=sweep.depth, width=sweep.width, global_pool=sweep.global_pool)
+            alice=sweep.alice, depth=sweep.depth, width=sweep.width, global_pool=sweep.global_pool,
+            precision=precision)
     return list({s.run_id: s for s in specs}.values())
 
 
-def alices(sweep: SweepSpec, keys: DatasetKeys | None = None) -> list[AliceSpec]:
+def alices(sweep: SweepSpec, keys: DatasetKeys | None = None,
+           precision: str | None = None) -> list[AliceSpec]:
     if not sweep.modes:
         return []
     key = (lambda b: keys[b, None]) if keys is not None else (lambda b: _placeholder(b, None))
-    opts = {"depth": sweep.depth, "width": sweep.width, "global_pool": sweep.global_pool}
+    opts = {"depth": sweep.depth, "width": sweep.width, "global_pool": sweep.global_pool,
+            "precision": precision}
     return list({a.id: a for a in (alice_spec(key(b), arch, s, sweep.alice, **opts)
                                    for b in sweep.betas for arch in sweep.archs
                                    for s in sweep.seeds)}.values())
 
 
 def plan(sweep: SweepSpec, done: Mapping[str, str] | None = None,
-         keys: DatasetKeys | None = None) -> Plan:
-    p = plan_runs(expand(sweep, keys), alices(sweep, keys), done)
+         keys: DatasetKeys | None = None, precision: str | None = None) -> Plan:
+    p = plan_runs(expand(sweep, keys, precision), alices(sweep, keys, precision), done)
     return Plan(tuple(dataset_requests(sweep)), p.alices, p.units, p.copies, p.total,
                 p.done_before)
 

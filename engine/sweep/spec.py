@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from engine.errors import EngineError
-from engine.spec import BASELINES, TRANSFER_MODES, Training
+from engine.spec import BASELINES, PRECISIONS, TRANSFER_MODES, Training
 
 DEVICES = ("auto", "cpu", "cuda")
 EXECUTORS = ("serial", "batched", "ray")  # engine.sweep.executors.EXECUTORS runs them
@@ -65,6 +65,7 @@ class SweepSpec:
     cpus_per_unit: float = 1.0  # executor "ray": resources each Ray task declares
     gpus_per_unit: float = 0.0
     max_retries: int = 2  # executor "ray": retries of a task whose worker or node died
+    precision: str = "auto"  # auto | fp32 | bf16; each run's spec records what it resolves to
 
     def __post_init__(self):
         for name in ("betas", "seeds", "archs", "modes", "baselines", "n_bobs", "block_shuffles",
@@ -82,6 +83,9 @@ class SweepSpec:
             raise EngineError("--block-shuffle must list at least one block size or 'none'")
         if self.device not in DEVICES:
             raise EngineError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise EngineError(f"unknown precision {self.precision!r}; choose one of: auto, "
+                              f"{', '.join(PRECISIONS)}")
         if self.executor not in EXECUTORS:
             raise EngineError(f"unknown executor {self.executor!r}; choose one of: "
                               f"{', '.join(EXECUTORS)}")

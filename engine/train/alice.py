@@ -28,7 +28,7 @@ from engine.train.models import build_model
 from engine.threads import keep_freed_memory
 from engine.spec import AliceSpec
 from engine.train.stream import StreamData, evaluate_stream
-from engine.train.device import DeviceData, _memory_format
+from engine.train.device import DeviceData, _memory_format, precision_used
 from engine.train.trainer import (CompiledModelCache, epoch_batches, evaluate, make_optimizer,
                                   make_runner, run_epochs, train_step)
 
@@ -152,12 +152,13 @@ def train_alice(spec: AliceSpec, train, test, n_classes: int, save_epochs: Itera
     streaming = isinstance(train, StreamData)
     arch = {"depth": spec.depth, "width": spec.width, "global_pool": spec.global_pool}
     if cache is not None:
-        runner = cache.get(spec.arch, train.input_shape, n_classes, frozen_upto=0, **arch)
+        runner = cache.get(spec.arch, train.input_shape, n_classes, frozen_upto=0,
+                           precision=spec.precision, **arch)
         model = runner.model
     else:
         model = build_model(spec.arch, train.input_shape, n_classes, **arch)
         model = model.to(device, memory_format=_memory_format(device))  # as every trainer
-        runner = make_runner(model, 0)
+        runner = make_runner(model, 0, precision=spec.precision)
     params = prepare_bob(model, None, retrain_from=1, mode="scratch", seed=init_seed(spec.seed))
     model_spec = {"alice": spec.to_dict(), "id": spec.id, "model": model.spec,
                   "stats": list(train.stats)}
@@ -205,7 +206,8 @@ def train_alice(spec: AliceSpec, train, test, n_classes: int, save_epochs: Itera
     wall = time.perf_counter() - t0
     metrics = {**train_metrics, **test_metrics(), "epochs": spec.epochs, "n_train": len(train),
                "wall_s": wall, "samples_per_s": spec.epochs * seen / wall,
-               "device": device_name(device), "engine_version": __version__,
+               "device": device_name(device), "precision": precision_used(spec.precision, device),
+               "engine_version": __version__,
                "saved_epochs": save_epochs}
     write(None, model.state_dict(), model_spec, metrics)
     log(f"Alice {spec.id}: test accuracy {metrics['test_acc']:.4f} on alice_label")

@@ -40,7 +40,7 @@ from engine.spec import BobSpec, frozen_prefix, n_layers
 from engine.threads import keep_freed_memory
 from engine.train import grouped
 from engine.train.device import (DeviceData, MemoryPlan, _autocast, _is_cuda, _memory_format,
-                                 draw_subset)
+                                 draw_subset, precision_used)
 from engine.train.features import FeatureCache, PrefixStore, prefix_outputs, source, source_key
 from engine.train.freeze import prepare_bob
 from engine.train.models import build_model
@@ -79,7 +79,7 @@ def group_key(spec: BobSpec, input_shape, n_classes: int, n_train: int,
     L = n_layers(spec.arch, spec.depth, spec.width, spec.global_pool)
     return (spec.arch, spec.depth, spec.width, spec.global_pool, tuple(input_shape), n_classes,
             frozen_prefix(L, spec.retrain_from, spec.mode), spec.epochs, spec.optimizer, spec.lr,
-            spec.batch_size, n_train, label)
+            spec.batch_size, n_train, label, spec.precision)
 
 
 def _key(m: Member) -> tuple:
@@ -147,7 +147,8 @@ def _setup(members: list[Member], cache: FeatureCache, size: int | None = None) 
         states.append({n: t.detach().clone() for n, t in model.state_dict().items()})
         src = _source(m, frozen)
         if src is not None and src not in prefixes:
-            prefixes[src] = make_runner(copy.deepcopy(model).eval(), frozen)
+            prefixes[src] = make_runner(copy.deepcopy(model).eval(), frozen,
+                                        precision=spec.precision)
     states += [states[0]] * (len(slots) - len(members))
     layer = lambda n: int(n.split(".")[1])  # noqa: E731
     tail = [n for n in states[0] if layer(n) >= frozen]
@@ -180,7 +181,7 @@ def _prefix_out(group: Group, m: Member, data: DeviceData, rows) -> Tensor:
     src = _source(m, group.frozen)
     if src is None:
         return x
-    with torch.no_grad(), _autocast(data.device):
+    with torch.no_grad(), _autocast(data.device, m.spec.precision):
         return group.prefixes[src].prefix(x)
 
 
@@ -256,7 +257,7 @@ def _run(group: Group, compile: bool, on_step: Callable | None = None,
     K = len(group.members)
     n = group.rows.shape[1]
     step_fn = grouped.step_fn(group.program, group.prefix, spec.optimizer, device, compile,
-                              backend)
+                              backend, spec.precision)
     n_steps = spec.epochs * max(1, n // spec.batch_size)
     hyper = grouped.hyper_table(spec.optimizer, spec.lr, n_steps, device)
     cuda = _is_cuda(device)
@@ -350,7 +351,7 @@ def _feature_cache(members: list[Member], frozen: int, budget: int, device,
 def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
     """Bytes of one member's tail weights with their gradient and optimizer state; of its
     activations per training sample (float32; the frozen layers', which run without gradient
-    when not cached, once); of its frozen-prefix output per sample as cached (bf16 under CUDA
+    when not cached, once); of its frozen-prefix output per sample as cached (bf16 under bf16
     autocast, else float32)."""
     spec = m.spec
     model = build_model(spec.arch, m.train.input_shape, m.n_classes, depth=spec.depth,
@@ -361,7 +362,8 @@ def _sizes(m: Member, frozen: int) -> tuple[int, int, int]:
     weights = sum(p.numel() for p in model.layers[frozen:].parameters()) * 4 * STATE_COPIES
     act = (sum(a.numel() for a in acts[frozen:]) * 4 * ACTIVATION_COPIES
            + sum(a.numel() for a in acts[1:frozen + 1]) * 4)
-    feature = acts[frozen].numel() * (2 if frozen and _is_cuda(m.train.device) else 4)
+    bf16 = precision_used(spec.precision, m.train.device) == "bf16"
+    feature = acts[frozen].numel() * (2 if frozen and bf16 else 4)
     return weights, act, feature
 
 
@@ -516,7 +518,7 @@ def _test_metrics(group: Group, budget: int, cache: FeatureCache) -> list[tuple[
                   for n, t in group.params.items()}
         buffers = {n: t.unflatten(0, (slots, -1))[sel].flatten(0, 1)
                    for n, t in group.buffers.items()}
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), _autocast(device, group.members[0].spec.precision):
             for lo in range(0, length, chunk):
                 x = _test_inputs(group, cache, ks, lo, lo + chunk)
                 y = torch.stack([group.members[k].test.labels[group.members[k].label]
@@ -545,5 +547,6 @@ def _evaluate(group: Group, budget: int, cache: FeatureCache) -> list[dict]:
                     "n_bob": group.rows.shape[1], "test_acc": test[k][0],
                     "test_loss": test[k][1], "train_acc": tm["train_acc"],
                     "train_loss": tm["train_loss"], "wall_s": wall / K,
-                    "samples_per_s": m.spec.epochs * tm["seen"] * K / group.wall_s})
+                    "samples_per_s": m.spec.epochs * tm["seen"] * K / group.wall_s,
+                    "precision": precision_used(m.spec.precision, group.rows.device)})
     return out

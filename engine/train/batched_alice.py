@@ -34,7 +34,7 @@ def as_member(spec: AliceSpec, train: DeviceData, test: DeviceData, n_classes: i
     run = BobSpec(alice_id="", dataset=spec.dataset, arch=spec.arch, retrain_from=1,
                   mode="scratch", seed=spec.seed, epochs=spec.epochs, optimizer=spec.optimizer,
                   lr=spec.lr, batch_size=spec.batch_size, depth=spec.depth, width=spec.width,
-                  global_pool=spec.global_pool)
+                  global_pool=spec.global_pool, precision=spec.precision)
     return batched.Member(run, train, test, None, n_classes, label=LABEL,
                           init_seed=init_seed(spec.seed))
 
@@ -102,6 +102,7 @@ def _train_bucket(pairs: list[tuple[AliceSpec, batched.Member]], device: torch.d
                    "test_acc": r["test_acc"], "test_loss": r["test_loss"],
                    "epochs": spec.epochs, "n_train": len(m.train), "wall_s": r["wall_s"],
                    "samples_per_s": r["samples_per_s"], "device": device_name(device),
+                   "precision": r["precision"],
                    "engine_version": __version__, "saved_epochs": save_epochs}
         write(spec, None, state, model_spec(spec, m), metrics)
         log(f"Alice {spec.id}: test accuracy {metrics['test_acc']:.4f} on alice_label")

@@ -31,9 +31,43 @@ def _memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last
 
 
-def _autocast(device: torch.device):
+def precision_used(precision: str | None, device: torch.device) -> str:
+    """What a spec's `precision` means on `device`: None is the device's default (bf16 autocast
+    on CUDA, fp32 elsewhere: engine.spec.PRECISIONS)."""
+    if precision is not None:
+        return precision
+    return "bf16" if _is_cuda(device) else "fp32"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA devices that support it, and CPUs with
+    AVX-512 BF16 or AMX (oneDNN uses them; elsewhere bf16 on the CPU is emulated and several
+    times slower than fp32)."""
     if _is_cuda(device):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
+def spec_precision(requested: str, device: torch.device) -> str | None:
+    """The `precision` a run spec records for a request ("auto", "fp32" or "bf16") on `device`:
+    auto is bf16 where the device computes it natively, else fp32; the device's default is
+    recorded as None, so runs that computed as before keep their IDs."""
+    if requested not in ("auto", "fp32", "bf16"):
+        raise EngineError(f"unknown precision {requested!r}; choose one of: auto, fp32, bf16")
+    chosen = ("bf16" if native_bf16(device) else "fp32") if requested == "auto" else requested
+    return None if chosen == precision_used(None, device) else chosen
+
+
+def _autocast(device: torch.device, precision: str | None = None):
+    if precision_used(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -45,7 +45,7 @@ def source_key(spec: BobSpec, input_shape, n_classes: int, frozen: int, data) ->
     """Runs with equal keys see the same frozen-prefix outputs: the prefix's layers (the
     architecture and the source) and the split; the depth is the caller's."""
     return (spec.arch, spec.depth, spec.width, spec.global_pool, tuple(input_shape), n_classes,
-            source(spec, frozen), id(data))
+            source(spec, frozen), spec.precision, id(data))
 
 
 _FLOPS: dict[tuple, float] = {}
@@ -144,7 +144,7 @@ def prefix_outputs(runner: Runner, data: DeviceData, rows: Tensor, budget: int,
         layers = nn.Sequential(*runner.model.layers[start:depth]).eval()
         if x.dim() == 4:  # the layout the whole prefix would have computed in
             x = x.contiguous(memory_format=_memory_format(x.device))
-        with torch.no_grad(), _autocast(x.device):
+        with torch.no_grad(), _autocast(x.device, runner.precision):
             out = torch.cat([layers(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
     if store is not None:
         store.keep(key, rows, depth, out)

@@ -134,7 +134,7 @@ def forward(program, params, buffers, x: Tensor, K: int, train: bool):
 
 # 2. The step -------------------------------------------------------------------------------------
 
-def _step(program, prefix, optimizer, params, buffers, opt, frozen, x, y, hyper):
+def _step(program, prefix, optimizer, precision, params, buffers, opt, frozen, x, y, hyper):
     """One SGD/Adam step for every member. x [K, B, ...]: the tail's inputs, or with a `prefix`
     program the network's inputs, which the frozen layers (`frozen`: their stacked weights and
     BN statistics) turn into the tail's inputs first; y [K, B]; hyper (float32): [lr, Adam step
@@ -142,13 +142,13 @@ def _step(program, prefix, optimizer, params, buffers, opt, frozen, x, y, hyper)
     n correct [K]), all new tensors."""
     K = y.shape[0]
     if prefix:
-        with torch.no_grad(), _autocast(x.device):
+        with torch.no_grad(), _autocast(x.device, precision):
             x, _ = forward(prefix, frozen, frozen, arrange(x, prefix[0][0]), K, False)
     else:
         x = arrange(x, program[0][0])
 
     def total_loss(p):
-        with _autocast(x.device):
+        with _autocast(x.device, precision):
             logits, new_buffers = forward(program, p, buffers, x, K, True)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
         loss = loss.view(K, -1).mean(1)
@@ -180,12 +180,13 @@ def _use_engine_inductor_cache() -> None:
 
 
 def step_fn(program, prefix: tuple, optimizer: str, device: torch.device, compile: bool,
-            backend: str = "inductor") -> Callable:
-    """The step for one (tail program, in-step prefix program), compiled once per optimizer and
-    device type: dynamo then compiles one graph per group shape, static (no symbolic sizes)."""
-    key = (program, prefix, optimizer, device.type, compile, backend)
+            backend: str = "inductor", precision: str | None = None) -> Callable:
+    """The step for one (tail program, in-step prefix program), compiled once per optimizer,
+    precision (engine.spec.PRECISIONS) and device type: dynamo then compiles one graph per
+    group shape, static (no symbolic sizes)."""
+    key = (program, prefix, optimizer, precision, device.type, compile, backend)
     if key not in _STEPS:
-        fn = lambda *a: _step(program, prefix, optimizer, *a)  # noqa: E731
+        fn = lambda *a: _step(program, prefix, optimizer, precision, *a)  # noqa: E731
         if compile:
             _use_engine_inductor_cache()
             # Every program and group shape is one more entry on the same code object.

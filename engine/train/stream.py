@@ -138,7 +138,7 @@ def evaluate_stream(model: LayeredNet, data: StreamData, label: str, batch_size:
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(device, runner.precision):
         for x, y in data.batches(data.loader(batch_size, shuffle=False), label, device):
             logits = model(x)  # eager, as engine.train.trainer.evaluate
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from engine.errors import EngineError
 from engine.spec import OPTIMIZERS
-from engine.train.device import DeviceData, _autocast, _is_cuda, _memory_format
+from engine.train.device import DeviceData, _autocast, _is_cuda, _memory_format, precision_used
 from engine.train.freeze import set_train_mode
 from engine.train.models import LayeredNet, build_model
 from engine.threads import keep_freed_memory
@@ -64,15 +64,17 @@ def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
 
 @dataclass
 class Runner:
-    """`model` split at `frozen_upto`: `prefix` runs layers [0, k) and `tail` layers [k, L)."""
+    """`model` split at `frozen_upto`: `prefix` runs layers [0, k) and `tail` layers [k, L);
+    `precision` is the run spec's (engine.spec.PRECISIONS; None: the device's default)."""
     model: LayeredNet
     frozen_upto: int
     prefix: Callable[[Tensor], Tensor]
     tail: Callable[[Tensor], Tensor]
+    precision: str | None = None
 
 
 def make_runner(model: LayeredNet, frozen_upto: int, *, compile: bool = False,
-                backend: str = "inductor") -> Runner:
+                backend: str = "inductor", precision: str | None = None) -> Runner:
     """Split `model`; the parts share its parameters, so in-place resets reach compiled code too."""
     prefix: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[:frozen_upto])
     tail: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[frozen_upto:])
@@ -85,7 +87,7 @@ def make_runner(model: LayeredNet, frozen_upto: int, *, compile: bool = False,
         if frozen_upto > 0:
             prefix = torch.compile(prefix, backend=backend, dynamic=False)
         tail = torch.compile(tail, backend=backend, dynamic=False)
-    return Runner(model, frozen_upto, prefix, tail)
+    return Runner(model, frozen_upto, prefix, tail, precision)
 
 
 class CompiledModelCache:
@@ -110,14 +112,15 @@ class CompiledModelCache:
 
     def get(self, arch: str, input_shape: tuple[int, int, int], n_classes: int, *,
             frozen_upto: int, depth: int | None = None, width: int | None = None,
-            global_pool: bool = False) -> Runner:
-        key = (arch, tuple(input_shape), n_classes, frozen_upto, depth, width, global_pool)
+            global_pool: bool = False, precision: str | None = None) -> Runner:
+        key = (arch, tuple(input_shape), n_classes, frozen_upto, depth, width, global_pool,
+               precision)
         if key not in self._runners:
             model = build_model(arch, input_shape, n_classes, depth=depth, width=width,
                                 global_pool=global_pool)
             model = model.to(self.device, memory_format=_memory_format(self.device))
             self._runners[key] = make_runner(model, frozen_upto, compile=self.compile,
-                                             backend=self.backend)
+                                             backend=self.backend, precision=precision)
         return self._runners[key]
 
     def __len__(self) -> int:
@@ -147,7 +150,7 @@ def frozen_features(runner: Runner, data: DeviceData, budget_bytes: int) -> Tens
     if runner.frozen_upto == 0 or budget_bytes <= 0:
         return None
     n, device = len(data), data.device
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(device, runner.precision):
         first = runner.prefix(data.inputs(slice(0, CHUNK)))
         if n * first[0].numel() * first.element_size() > budget_bytes:
             return None
@@ -169,7 +172,7 @@ def train_step(runner: Runner, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
     `frozen_input`: x is already the prefix's output (cached features); otherwise x is images and
     the prefix runs here without building a graph.
     """
-    with _autocast(device):
+    with _autocast(device, runner.precision):
         if not frozen_input:
             with torch.no_grad():
                 x = runner.prefix(x)
@@ -252,7 +255,7 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
         epochs: int, lr: float | None = None, optimizer: str = "sgd", batch_size: int = 128,
         seed: int, frozen_upto: int = 0, device: str | torch.device | None = None,
         runner: Runner | None = None, feature_cache_bytes: int | None = None,
-        features: Tensor | None = None) -> dict:
+        features: Tensor | None = None, precision: str | None = None) -> dict:
     """Train `params` of `model` on `data` to predict `label`; return last-epoch metrics.
 
     `frozen_upto` layers at the bottom are frozen (requires_grad False, eval mode); with two or more
@@ -264,7 +267,8 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
     optimizer's default (SGD 0.01 with momentum 0.9, Adam 1e-3). `runner` comes from a
     `CompiledModelCache`; without one, the model runs uncompiled. `features`: the frozen
     prefix's outputs for every sample of `data`, computed by the caller (shared between runs:
-    engine.train.features), used instead of running the prefix.
+    engine.train.features), used instead of running the prefix. `precision`: without a
+    `runner` (engine.spec.PRECISIONS; None: the device's default); a runner carries its own.
     """
     lr = OPTIMIZERS.get(optimizer) if lr is None else lr
     _check_fit_args(model, params, data, label, epochs, lr, optimizer, batch_size, frozen_upto)
@@ -273,7 +277,7 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
         raise ValueError(f"data lives on {data.device}, not {device}")
     if runner is None:
         model.to(device, memory_format=_memory_format(device))
-        runner = make_runner(model, frozen_upto)
+        runner = make_runner(model, frozen_upto, precision=precision)
     elif runner.model is not model or runner.frozen_upto != frozen_upto:
         raise ValueError("runner was made for another model or frozen_upto")
 
@@ -309,6 +313,7 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
         "wall_s": wall,
         "samples_per_s": epochs * seen / wall,
         "feature_cache": feats is not None,
+        "precision": precision_used(runner.precision, device),
         "optimizer": optimizer,
         "lr": lr,
         "batch_size": batch_size,
@@ -318,7 +323,8 @@ def fit(model: LayeredNet, params: list[nn.Parameter], data: DeviceData, label: 
 # 6. Evaluation -----------------------------------------------------------------------------------
 
 def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 1024, *,
-             runner: Runner | None = None, features: Tensor | None = None) -> tuple[float, float]:
+             runner: Runner | None = None, features: Tensor | None = None,
+             precision: str | None = None) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on all of `data`, in eval mode. `features`: the
     runner's frozen-prefix outputs for every sample of `data` (only the tail then runs).
 
@@ -327,7 +333,7 @@ def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 
     if label not in data.labels:
         raise EngineError(f"no label {label!r} in the data; it has: {', '.join(data.labels)}")
     if runner is None:
-        runner = make_runner(model, 0)
+        runner = make_runner(model, 0, precision=precision)
     elif runner.model is not model:
         raise ValueError("runner was made for another model")
     if features is not None and (not runner.frozen_upto or len(features) != len(data)):
@@ -339,7 +345,7 @@ def evaluate(model: LayeredNet, data: DeviceData, label: str, batch_size: int = 
     labels = data.labels[label]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), _autocast(device, runner.precision):
         for start in range(0, len(data), batch_size):
             y = labels[start:start + batch_size]
             logits = (model(data.inputs(slice(start, start + batch_size))) if features is None
