@@ -37,7 +37,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import engine.sweep.executors as executors  # noqa: E402
+from engine import paths  # noqa: E402
 from engine.cli import main  # noqa: E402
+from engine.train.checkpoint import load_checkpoint  # noqa: E402
 from engine.spec import Training  # noqa: E402
 from engine.store import ResultsStore  # noqa: E402
 from engine.sweep.expand import expand_sweep  # noqa: E402
@@ -218,6 +220,29 @@ def test_local_instance_matches_serial(tiny_pair, serial_ref, ray_tmp, keep_exec
     assert main(sweep_argv(tiny_pair, out, "--executor", "ray")) == 0
     err = capsys.readouterr().err
     assert "18 runs: 18 already done, 0 to run" in err and "Ray:" not in err
+
+
+def test_alices_of_one_shape_train_in_one_task(tiny_pair, serial_ref, ray_tmp, tmp_path,
+                                               monkeypatch):
+    """Where tasks train batched (GPUs; here forced), the sweep's two Alices (one per beta)
+    train together in one task, and the driver writes both Alices' checkpoints from it."""
+    made = []
+    real = executors.EXECUTORS["ray"]
+    monkeypatch.setitem(executors.EXECUTORS, "ray",
+                        lambda **kw: made.append(real(batched=True, **kw)) or made[-1])
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(tiny_pair, out, "--executor", "ray")) == 0
+    [executor] = made
+    alices = {k: w for k, w in executor.tasks.items() if k.startswith("alice ")}
+    assert len(alices) == 2
+    assert len({(w["pid"], w["started"]) for w in alices.values()}) == 1  # one task
+    df = stored(out).set_index("run_id").sort_index()
+    ref = serial_ref.set_index("run_id").sort_index()
+    assert list(df.index) == list(ref.index)
+    np.testing.assert_allclose(df["alice_test_acc"], ref["alice_test_acc"],
+                               atol=2 / N_TEST + 1e-9)
+    for alice_id in set(df["alice_id"]) - {""}:
+        load_checkpoint(paths.alice_checkpoint(out, alice_id), require_digest=True)
 
 
 def _hide_command(hidden: Path) -> list[str] | None:

@@ -10,8 +10,10 @@ when it has one. The driver keeps its three stages (engine.sweep.driver) and sta
 writer of `out`:
 - `pretrain` reads the arrays of each dataset an Alice needs once on the driver (engine.data.beton)
   and puts them into Ray's object store, from which the workers of a node map them without copies;
-  it submits one task per Alice not complete under `out` (a complete one is loaded from her
-  checkpoint and put instead) and returns without waiting.
+  it submits the Alices not complete under `out` (a complete one is loaded from her checkpoint and
+  put instead) and returns without waiting: where tasks train batched (on GPUs: `--gpus-per-unit`
+  above 0), one task per group of Alices of one shape, trained together
+  (engine.train.batched_alice); elsewhere one task per Alice, so that CPU workers share them.
 - `map` submits the tasks of each work unit, one per group of its runs that the batched trainer
   trains together (a unit of the default sweep: 4 or 5), with the unit's dataset arrays and its
   Alice's weights as arguments: Ray starts one once that Alice's task has finished, never waiting
@@ -54,6 +56,7 @@ from engine.spec import AliceSpec
 from engine.sweep.executors import Context, Executor, Result, n_classes, train_unit
 from engine.sweep.plan import WorkUnit
 from engine.train.alice import device_name, is_complete, train_alice
+from engine.train.batched_alice import train_alices
 from engine.train.checkpoint import load_checkpoint, save_checkpoint
 from engine.train.device import DeviceData
 from engine.train.trainer import CompiledModelCache
@@ -120,7 +123,31 @@ def _alice_task(spec: AliceSpec, classes: int, save_epochs: tuple[int, ...],
             out["epochs"].append((epoch, _numpy(state), metrics))
 
     train_alice(spec, train, test, classes, save_epochs, device, write=keep)
-    return out.pop("state"), {**out, "where": _where(started, device)}
+    state = out.pop("state")
+    return state, {"alices": {spec.id: out}, "where": _where(started, device)}
+
+
+@ray.remote
+def _alices_task(specs: tuple[AliceSpec, ...], classes: dict[str, int],
+                 save_epochs: tuple[int, ...], *arrays: dict) -> tuple:
+    """Train Alices of one group shape together; returns each one's final weights, in order,
+    then {"alices": {id: {model_spec, metrics, epochs}}, "where"}. `arrays`: per dataset of
+    `specs` (in order of first use), its arrays."""
+    started, device = time.time(), _device()
+    keys = list(dict.fromkeys(s.dataset for s in specs))
+    data = {k: (*_on_device(k, a, device), classes[k]) for k, a in zip(keys, arrays)}
+    out: dict = {s.id: {"epochs": []} for s in specs}
+
+    def keep(spec: AliceSpec, epoch: int | None, state: dict, model_spec: dict,
+             metrics: dict) -> None:
+        if epoch is None:
+            out[spec.id].update(state=_numpy(state), model_spec=model_spec, metrics=metrics)
+        else:
+            out[spec.id]["epochs"].append((epoch, _numpy(state), metrics))
+
+    train_alices(specs, data, device, save_epochs, write=keep)
+    states = [out[s.id].pop("state") for s in specs]
+    return (*states, {"alices": out, "where": _where(started, device)})
 
 
 @ray.remote
@@ -259,12 +286,14 @@ class RayExecutor(Executor):
     # Stage 2 -------------------------------------------------------------------------------------
 
     def pretrain(self, alices: Iterable[AliceSpec], ctx: Context) -> None:
-        """Submit a task per Alice to train; put a complete Alice's weights. Does not wait."""
+        """Submit the tasks of the Alices to train (see the module docstring); put a complete
+        Alice's weights. Does not wait."""
         alices = list(alices)
         if not alices:
             return
         try:
             self._start(ctx)
+            todo: dict[tuple, list[AliceSpec]] = {}
             for a in alices:
                 final = paths.alice_checkpoint(ctx.out, a.id)
                 if is_complete(ctx.out, a, ctx.alice_save_epochs, log=ctx.log):
@@ -277,19 +306,42 @@ class RayExecutor(Executor):
                 if manifest["key"] != a.dataset:
                     raise EngineError(f"Alice spec is for dataset {a.dataset}, but "
                                       f"{ctx.dataset_dirs[a.dataset]} holds {manifest['key']}")
-                classes = len(manifest["sources"]["left"]["classes"])
-                state, record = _alice_task.options(**self._resources(f"alice {a.id}")).remote(
-                    a, classes, tuple(ctx.alice_save_epochs), self._dataset(a.dataset))
-                self._alices[a.id] = _Alice(a, state, record)
+                shape = dict(a.to_dict(), dataset="", seed=0) if self._group_alices() else a.id
+                todo.setdefault(str(shape), []).append(a)
+            for group in todo.values():
+                self._submit_alices(group, ctx)
         except BaseException:
             self._stop(a.state for a in self._alices.values() if a.record is not None)
             raise
+
+    def _group_alices(self) -> bool:
+        """Whether tasks train Alices together: where they train batched (engine.train
+        .batched_alice), i.e. on GPUs unless `batched` says otherwise."""
+        return self.batched if self.batched is not None else self.options["gpus_per_unit"] > 0
+
+    def _submit_alices(self, group: list[AliceSpec], ctx: Context) -> None:
+        classes = {a.dataset: len(read_manifest(ctx.dataset_dirs[a.dataset])["sources"]["left"]
+                                  ["classes"]) for a in group}
+        save = tuple(ctx.alice_save_epochs)
+        if len(group) == 1:
+            [a] = group
+            state, record = _alice_task.options(**self._resources(f"alice {a.id}")).remote(
+                a, classes[a.dataset], save, self._dataset(a.dataset))
+            self._alices[a.id] = _Alice(a, state, record)
+            return
+        keys = list(dict.fromkeys(a.dataset for a in group))
+        *states, record = _alices_task.options(
+            num_returns=len(group) + 1, **self._resources(f"alices x{len(group)}")).remote(
+            tuple(group), classes, save, *(self._dataset(k) for k in keys))
+        for a, state in zip(group, states):
+            self._alices[a.id] = _Alice(a, state, record)
 
     def _write_alice(self, alice: _Alice) -> None:
         """Her checkpoints under `out`, epochs first and model.safetensors last (as `pretrain`)."""
         if alice.spec.id in self._written:
             return
-        record = self._get(alice.record, f"Alice {alice.spec.id}")
+        task = self._get(alice.record, f"Alice {alice.spec.id}")
+        record = {**task["alices"][alice.spec.id], "where": task["where"]}
         state = ray.get(alice.state)
         tensors = lambda s: {k: torch.from_numpy(np.array(v)) for k, v in s.items()}  # noqa: E731
         out, aid = self._ctx.out, alice.spec.id
@@ -349,8 +401,10 @@ class RayExecutor(Executor):
             while left:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
                 item = pending.pop(ref)
-                if isinstance(item, _Alice):
-                    self._write_alice(item)
+                if isinstance(item, _Alice):  # with the Alices trained in the same task
+                    for a in self._alices.values():
+                        if a.record == item.record:
+                            self._write_alice(a)
                     continue
                 results, where = self._get(ref, names[ref])
                 where = self.tasks[names[ref]] = {**where, "task": names[ref]}
