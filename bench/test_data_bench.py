@@ -83,7 +83,8 @@ def test_engine_write_split(benchmark, splits, tmp_path):
 
 
 def _bench_build(benchmark, track, pair: str, root: Path, out: Path, rounds: int, writer,
-                 floor: float, ci_floor: float | None = None) -> None:
+                 floor: float, ci_floor: float | None = None,
+                 spread: float | None = None) -> None:
     """The whole `build_data` of `pair` at beta 0.75, timed from an empty output directory.
     `writer()` (DatasetWriter on the same N train samples, or None without FFCV) runs
     WRITER_ROUNDS times between the build's rounds; its fastest round gives the tracked ratio."""
@@ -107,15 +108,16 @@ def _bench_build(benchmark, track, pair: str, root: Path, out: Path, rounds: int
         benchmark.extra_info.update({"dataset_writer_s": writer_s,
                                      "dataset_writer_samples_per_s": writer_rate})
         track(f"whole build {pair} vs DatasetWriter", benchmark.extra_info["samples_per_s"]
-              / writer_rate, floor=floor, ci_floor=ci_floor)
+              / writer_rate, floor=floor, ci_floor=ci_floor, spread=spread)
 
 
 @pytest.mark.quick
 def test_engine_build_data(benchmark, track, splits, tmp_path):
     writer = _dataset_writer(*splits, "fashion", tmp_path / "ffcv") if ffcv_io.available() else None
-    # floor: issue 12's target (>= 15x)
+    # floor: issue 12's target (>= 15x). CI floor and spread: 14 quick runs gave 18.9-27.3x
+    # (13.4x seen on a machine loaded 5 deep); 12x still catches the first pass's 9.6x.
     _bench_build(benchmark, track, "mnist:fashion", ROOT, tmp_path / "out", rounds=15,
-                 writer=writer, floor=15)
+                 writer=writer, floor=15, ci_floor=12, spread=0.4)
 
 
 def test_engine_verify_dataset(benchmark, tmp_path):
@@ -194,29 +196,35 @@ def test_page_kernel_padded(benchmark, splits, kernel, fit):
     _report(benchmark, N, N * sample)
 
 
-# Floors: half the ratio measured when the specialised kernel landed (8.2-8.6x pad, 5.5-5.6x
-# resize), i.e. a 2x slowdown of the kernel every build runs.
-PAGE_FLOORS = {"pad": 4.0, "resize": 2.75}
+# (floor, CI floor, spread). Floors: half the ratio measured when the specialised kernel landed
+# (8.2-8.6x pad, 5.5-5.6x resize), i.e. a 2x slowdown of the kernel every build runs. CI floor and
+# spread (pad): quick runs gave 7.5-8.6x, a planted 2x slower kernel 3.4-3.8x (bench/RESULTS.md).
+PAGE_FLOORS = {"pad": (4.0, 5.0, 0.2), "resize": (2.75, None, None)}
 
 
 @pytest.mark.parametrize("fit", [pytest.param("pad", marks=pytest.mark.quick), "resize"])
 def test_page_kernel_ratio(benchmark, track, splits, fit):
-    """The specialised kernel (benchmarked) against the general one, their rounds interleaved
-    (the general one in pedantic's untimed setup), so both see the same machine."""
+    """The specialised kernel (benchmarked, 21 rounds) against the general one (3 rounds in
+    pedantic's untimed setup, one per 7 of the other's), so both see the same machine. The
+    specialised kernel waits on memory (random gathers) and varies with other processes' memory
+    traffic (52-109 ms over 12 quick runs at 7 rounds), the general one computes (406-481 ms)."""
     fast, sample = _page_filler(splits[0].images, "specialised", fit)
     slow, _ = _page_filler(splits[0].images, "general", fit)
-    general_s = []
+    general_s, setups = [], itertools.count()
 
     def time_general():
-        t0 = time.perf_counter()
-        slow()
-        general_s.append(time.perf_counter() - t0)
+        if next(setups) % 7 == 0:
+            t0 = time.perf_counter()
+            slow()
+            general_s.append(time.perf_counter() - t0)
 
-    benchmark.pedantic(fast, setup=time_general, rounds=7, iterations=1)
+    benchmark.pedantic(fast, setup=time_general, rounds=21, iterations=1)
     _report(benchmark, N, N * sample)
     benchmark.extra_info["general_s"] = general_s
+    floor, ci_floor, spread = PAGE_FLOORS[fit]
     track(f"page kernel mnist:svhn {fit}: specialised vs general",
-          min(general_s) / benchmark.stats.stats.min, floor=PAGE_FLOORS[fit])
+          min(general_s) / benchmark.stats.stats.min, floor=floor, ci_floor=ci_floor,
+          spread=spread)
 
 
 @pytest.fixture(scope="module")
