@@ -64,12 +64,13 @@ WARMUP_N = 256
 ALICE = Training(epochs=1)
 BOB = Training(epochs=EPOCHS)
 NAIVE = Path(__file__).resolve().parent / "naive_baseline.py"
-# (floor, CI floor). Floors: the project's goals at torch's default threads (one per core): >= 3x
-# naive for the mlp mix, >= 1.9x for the cnn mix, the default executor no slower than serial (the
-# mlp's 1.5x: 2.0x measured). CI floors: under the quick bench's honest runs (one torch thread
-# per side), bench/RESULTS.md; those runs are held to them, the goals being for all cores.
-FLOORS = {"mlp": {"naive": (3.0, None), "serial": (1.5, None)},
-          "cnn": {"naive": (1.9, None), "serial": (1.0, None)}}
+# (floor, CI floor, spread). Floors: the project's goals at torch's default threads (one per
+# core): >= 3x naive for the mlp mix, >= 1.9x for the cnn mix, the default executor no slower than
+# serial (the mlp's 1.5x: 2.0x measured). CI floors and spreads (relative): from 14 quick runs
+# (one torch thread per side; honest 2.36-4.89x and 1.34-3.32x, a planted 2x slower batched step
+# 1.57-2.05x and 1.03-1.05x), bench/RESULTS.md; one-thread runs are held to their CI floors.
+FLOORS = {"mlp": {"naive": (3.0, 2.0, 0.3), "serial": (1.5, 1.2, 0.3)},
+          "cnn": {"naive": (1.9, None, None), "serial": (1.0, None, None)}}
 QUIET = io.StringIO()
 
 
@@ -220,11 +221,11 @@ def test_sweep_mix(benchmark, track, peak, datasets, arch):
     workload = (f"{N_TRAIN}/{N_TEST} samples, epochs {EPOCHS}, "
                 f"torch threads {torch.get_num_threads()}")
     for other in ("naive", "serial"):
-        floor, ci_floor = FLOORS[arch][other]
+        floor, ci_floor, spread = FLOORS[arch][other]
         if torch.get_num_threads() != os.cpu_count() and ci_floor is not None:
             floor = ci_floor
         track(f"sweep mix {arch}: batched vs {other}", per_hour["batched"] / per_hour[other],
-              floor=floor, ci_floor=ci_floor, workload=workload)
+              floor=floor, ci_floor=ci_floor, spread=spread, workload=workload)
     assert len(batched_df) == len(specs) and set(batched_df["executor"]) == {"batched"}
     assert diff < 0.02, diff  # same runs: only floating-point reassociation differs
 
