@@ -134,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "this machine or a cluster (pip install 'engine-transfer[ray]')")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="arithmetic of every run, recorded in its spec: auto (default) = bf16 "
-                   "autocast where the device computes bf16 natively (CUDA; CPUs with AMX or "
-                   "AVX512-BF16), fp32 elsewhere")
+                   "autocast where it pays (CUDA; CPUs with AMX), fp32 elsewhere")
     p.add_argument("--max-group", type=int, help="at most this many runs per batched group "
                    "(default: as many as the memory budget allows)")
     p.add_argument("--ray-address", metavar="auto|HOST:PORT", help="--executor ray: join this "

@@ -172,13 +172,13 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _cpu_without_native_bf16():
-    """`--precision auto` depends on the CPU (bf16 where it is native): tests in this process,
+def _cpu_where_bf16_does_not_pay():
+    """`--precision auto` depends on the CPU (bf16 where it pays: AMX): tests in this process,
     module fixtures included, see a CPU without it, whatever the machine, so their runs are fp32
     as before; tests of precision set it themselves."""
     import engine.train.device
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine.train.device, "native_bf16", lambda device: device.type == "cuda")
+        mp.setattr(engine.train.device, "bf16_pays", lambda device: device.type == "cuda")
         yield
 
 

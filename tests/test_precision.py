@@ -26,10 +26,10 @@ def test_the_default_precision_keeps_run_ids():
         BobSpec(**run, precision="fp16")
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_spec_precision_per_device(monkeypatch, native):
-    monkeypatch.setattr(device_mod, "native_bf16", lambda d: d.type == "cuda" or native)
-    assert spec_precision("auto", CPU) == ("bf16" if native else None)
+@pytest.mark.parametrize("pays", [False, True])
+def test_spec_precision_per_device(monkeypatch, pays):
+    monkeypatch.setattr(device_mod, "bf16_pays", lambda d: d.type == "cuda" or pays)
+    assert spec_precision("auto", CPU) == ("bf16" if pays else None)
     assert spec_precision("fp32", CPU) is None and spec_precision("bf16", CPU) == "bf16"
     assert spec_precision("auto", CUDA) is None and spec_precision("bf16", CUDA) is None
     assert spec_precision("fp32", CUDA) == "fp32"
@@ -61,17 +61,17 @@ def test_sweep_records_precision_and_resumes_older_stores(tiny_pair, tmp_path, m
     assert len(rows) == 4 and set(rows["precision"]) == {"fp32", "bf16"}
     assert fp32_ids < set(rows["run_id"])
     # A CPU that computes bf16: auto records bf16 in a new directory ...
-    monkeypatch.setattr(device_mod, "native_bf16", lambda d: True)
+    monkeypatch.setattr(device_mod, "bf16_pays", lambda d: True)
     assert main(sweep_argv(tiny_pair, tmp_path / "new", "--layers", "3", "--modes", "finetune",
                            "--baselines", "none", "--precision", "auto")) == 0
     assert set(ResultsStore(tmp_path / "new", read_only=True).table()["precision"]) == {"bf16"}
     # ... but a directory of runs stored before the option resumes them in their arithmetic.
     old = tmp_path / "old"
-    monkeypatch.setattr(device_mod, "native_bf16", lambda d: False)
+    monkeypatch.setattr(device_mod, "bf16_pays", lambda d: False)
     assert main(sweep_argv(tiny_pair, old, "--layers", "3", "--modes", "finetune",
                            "--baselines", "none", "--precision", "auto")) == 0
     _forget_precision(old)
-    monkeypatch.setattr(device_mod, "native_bf16", lambda d: True)
+    monkeypatch.setattr(device_mod, "bf16_pays", lambda d: True)
     capsys.readouterr()
     assert main(sweep_argv(tiny_pair, old, "--layers", "2,3", "--modes", "finetune",
                            "--baselines", "none", "--precision", "auto")) == 0

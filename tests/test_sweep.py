@@ -43,7 +43,7 @@ def tiny_pair(tmp_path_factory) -> str:
 
 def sweep_argv(pair, out, *extra):
     """A tiny mlp sweep. `--precision fp32`: the same run IDs in a subprocess as in this one,
-    whatever the CPU (auto picks bf16 where it is native; conftest pins that for this process
+    whatever the CPU (auto picks bf16 where it pays, on AMX; conftest pins that for this process
     only)."""
     return ["sweep", "--pair", pair, "--betas", "0,1", "--seeds", "0", "--arch", "mlp",
             "--depth", "2", "--width", "16", "--epochs", "1", "--alice-epochs", "1",
