@@ -478,7 +478,8 @@ def probe_step(watch: Watch) -> None:
     fn = grouped.step_fn(**{k: have[k] for k in inspect.signature(grouped.step_fn).parameters
                             if k in have})
     names = list(inspect.signature(grouped._step).parameters)
-    names = names[names.index("optimizer") + 1:]  # what the compiled step takes
+    # What the compiled step takes: everything after the arguments step_fn binds.
+    names = names[max(names.index(k) for k in ("optimizer", "precision") if k in names) + 1:]
     snap, t0, done = watch.snap(), time.perf_counter(), 0
     try:
         for s in range(3):
