@@ -120,7 +120,7 @@ def _task_figures(tasks: dict, workers: int, sweep_s: float, t0: float) -> dict:
             "workers_used": len({(w["node_id"], w["pid"]) for w in tasks.values()})}
 
 
-def test_ray_scaling(benchmark, datasets, tmp_path):
+def test_ray_scaling(benchmark, track, datasets, tmp_path):
     spec = SweepSpec(PAIR, betas=BETAS, seeds=SEEDS, archs=("mlp",), bob=TRAINING,
                      alice=TRAINING, device="cpu", n_train=N_TRAIN, n_test=N_TEST,
                      data_root=str(ROOT), datasets_dir=str(datasets[0].parent), executor="serial")
@@ -173,5 +173,9 @@ def test_ray_scaling(benchmark, datasets, tmp_path):
         },
     })
     print(json.dumps(benchmark.extra_info, indent=1))
+    # Tracked (bench/conftest.py): throughput at W workers over 1; the goal is MIN_EFFICIENCY.
+    track(f"Ray sweep mix mlp: {WORKERS} workers vs 1",
+          per_hour[f"ray-{WORKERS}"] / per_hour["ray-1"], floor=WORKERS * MIN_EFFICIENCY,
+          workload=f"n_train={N_TRAIN}")
     assert all(r["ran"] == 90 for r in results.values())
     assert eff >= MIN_EFFICIENCY, f"scaling efficiency {eff:.3f} at {WORKERS} workers"
