@@ -287,8 +287,8 @@ class BatchedExecutor(Executor):
     def _chunks(units: list, ctx: Context) -> Iterator[list]:
         """Consecutive units (or Alices: anything with a `dataset` key) whose distinct datasets
         fit the device budget together."""
-        from engine.train.stream import free_memory
-        budget = (free_memory(ctx.device) * 0.5 if ctx.budget_gb is None
+        from engine.train.device import usable_memory
+        budget = (usable_memory(ctx.device) * 0.5 if ctx.budget_gb is None
                   else ctx.budget_gb * 2**30)
         chunk: list[WorkUnit] = []
         sizes: dict[str, int] = {}

@@ -22,7 +22,7 @@ from engine.data import ffcv_io
 from engine.data.beton import BetonFile, default_workers
 from engine.train.freeze import set_train_mode
 from engine.train.models import LayeredNet
-from engine.train.device import DeviceData, _autocast, _memory_format
+from engine.train.device import DeviceData, _autocast, _memory_format, usable_memory
 from engine.train.trainer import (OPTIMIZERS, Runner, make_optimizer, make_runner, run_epochs,
                                   train_step)
 
@@ -156,22 +156,8 @@ def dataset_bytes(dataset_dir: str | os.PathLike) -> int:
     return total
 
 
-def free_memory(device: torch.device) -> int:
-    """Free bytes on `device`: CUDA's free memory, or the host's MemAvailable."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def fits_on_device(dataset_dir: str | os.PathLike, device: torch.device,
                    budget_gb: float | None = None) -> bool:
     """Whether the dataset's images fit `budget_gb` (default: half the device's free memory)."""
-    budget = free_memory(device) * 0.5 if budget_gb is None else budget_gb * 2**30
+    budget = usable_memory(device) * 0.5 if budget_gb is None else budget_gb * 2**30
     return dataset_bytes(dataset_dir) <= budget

@@ -30,14 +30,14 @@ from torch import Tensor, nn
 
 from engine.errors import EngineError
 from engine.spec import OPTIMIZERS
-from engine.train.device import DeviceData, _autocast, _is_cuda, _memory_format, precision_used
+from engine.train.device import (DeviceData, _autocast, _is_cuda, _memory_format, precision_used,
+                                 usable_memory)
 from engine.train.freeze import set_train_mode
 from engine.train.models import LayeredNet, build_model
 from engine.threads import keep_freed_memory
 
 SGD_MOMENTUM = 0.9
 FEATURE_CACHE_SHARE = 0.5  # of the device's free memory a run's frozen features may take
-FEATURE_CACHE_BYTES = 2 * 2**30  # where free memory cannot be read
 CHUNK = 1024  # samples per forward pass when caching features
 RECOMPILE_LIMIT = 256  # dynamo entries per code object: group shapes of a large sweep
 
@@ -130,17 +130,10 @@ class CompiledModelCache:
 # 3. Frozen features ------------------------------------------------------------------------------
 
 def feature_budget(device: torch.device) -> int:
-    """Bytes the frozen features of one fit may take: half the device's free memory now (CUDA:
-    `mem_get_info`; Linux: MemAvailable), else FEATURE_CACHE_BYTES. For a full 60k-sample MNIST
-    pair the reference cnn's l = 5 features take 3.0 GB, its l = 3 and 4 features 6.0 GB."""
-    if _is_cuda(device):
-        return int(torch.cuda.mem_get_info(device)[0] * FEATURE_CACHE_SHARE)
-    try:
-        with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return FEATURE_CACHE_BYTES
-    return int(kib * 1024 * FEATURE_CACHE_SHARE)
+    """Bytes the frozen features of one fit may take: half the device's usable memory now
+    (engine.train.device.usable_memory). For a full 60k-sample MNIST pair the reference cnn's
+    l = 5 features take 3.0 GB, its l = 3 and 4 features 6.0 GB."""
+    return int(usable_memory(device) * FEATURE_CACHE_SHARE)
 
 
 def frozen_features(runner: Runner, data: DeviceData, budget_bytes: int) -> Tensor | None:
