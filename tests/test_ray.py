@@ -323,7 +323,7 @@ def test_two_node_cluster_shares_no_files(tiny_pair, serial_ref, ray_tmp, tmp_pa
         # Ctrl-C stops this sweep's tasks on the cluster, which stays up.
         stopped = tmp_path / "stopped"
         argv = sweep_argv(tiny_pair, stopped, "--executor", "ray", "--ray-address",
-                          f"127.0.0.1:{port}", "--seeds", "0,1", "--epochs", "20")
+                          f"127.0.0.1:{port}", "--seeds", "0,1", "--epochs", "200")
         assert _stopped_sweep(argv, stopped, signal.SIGINT, 1, env=env) == 130
         assert not busy_workers(ray_tmp, 15)
         assert any("raylet" in p for p in wait_gone(ray_tmp, 0))
@@ -400,7 +400,7 @@ def _stopped_sweep(argv: list[str], out: Path, sig: int, after_rows: int,
 
 def test_stopped_driver_resumes_without_duplicates(tiny_pair, ray_tmp, tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = sweep_argv(tiny_pair, out, "--executor", "ray", "--seeds", "0,1", "--epochs", "20")
+    argv = sweep_argv(tiny_pair, out, "--executor", "ray", "--seeds", "0,1", "--epochs", "200")
     total = 36
     assert _stopped_sweep(argv, out, signal.SIGINT, 1) == 130  # Ctrl-C
     after_int = _rows(out)
@@ -419,7 +419,7 @@ def test_stopped_driver_resumes_without_duplicates(tiny_pair, ray_tmp, tmp_path,
     assert f"{total} runs: {after_kill} already done" in err
     df = stored(out)
     assert len(df) == total and df["run_id"].is_unique
-    assert set(df["run_id"]) == expected_ids(df, seeds=[0, 1], epochs=20)
+    assert set(df["run_id"]) == expected_ids(df, seeds=[0, 1], epochs=200)
 
 
 # Options -----------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def wait_for(out, proc, ok, timeout=240) -> dict:
 
 def test_status_of_a_running_a_killed_and_a_finished_sweep(tiny_pair, tmp_path, capsys):
     out = tmp_path / "sweep"
-    argv = sweep_argv(tiny_pair, out, "--seeds", "0,1", "--epochs", "3", "--executor", "serial")
+    argv = sweep_argv(tiny_pair, out, "--seeds", "0,1", "--epochs", "200", "--executor", "serial")
     proc = subprocess.Popen([sys.executable, "-m", "engine", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
