@@ -382,8 +382,11 @@ def _stopped_sweep(argv: list[str], out: Path, sig: int, after_rows: int,
     code = "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))"
     err = out.parent / f"stderr-{sig}.txt"
     with open(err, "w") as f:
+        # SIGINT as a terminal gives it: a shell that starts jobs in the background without job
+        # control starts them ignoring it, and Python then never raises KeyboardInterrupt.
         proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL,
-                                stderr=f, env=env)
+                                stderr=f, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 180
         while _rows(out) < after_rows and proc.poll() is None and time.monotonic() < deadline:
