@@ -168,3 +168,20 @@ def _to_cuda(data):
     from engine.train.device import DeviceData
     return DeviceData(data.images.cuda(), {k: v.cuda() for k, v in data.labels.items()},
                       data.mean.cuda(), data.std.cuda())
+
+
+@pytest.mark.parametrize("first", ["serial runner", "batched step"])
+def test_compiled_graphs_go_to_the_engine_cache(monkeypatch, tmp_path, first):
+    """Whichever compiles first in a process, inductor's directory is the engine's: inductor
+    sets the variable to its own default at its first compile, after which it would stay."""
+    from engine.train.models import build_model
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    if first == "serial runner":
+        trainer.make_runner(build_model("mlp", (4, 4, 1), 3, depth=1, width=4), 0, compile=True,
+                            backend="aot_eager")
+    else:
+        monkeypatch.setattr(grouped, "_STEPS", {})
+        grouped.step_fn((("linear", "l"),), (), "sgd", torch.device("cpu"), True, "aot_eager")
+    import os
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")

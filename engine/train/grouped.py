@@ -22,7 +22,6 @@ this step's outputs (params, buffers, optimizer state) are the next step's input
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable
 
 import torch
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from engine.errors import EngineError
 from engine.train.models import Head
 from engine.train.device import _autocast
-from engine.train.trainer import SGD_MOMENTUM
+from engine.train.trainer import SGD_MOMENTUM, use_engine_inductor_cache
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as `fit` uses
 
@@ -172,13 +171,6 @@ def _step(program, prefix, optimizer, precision, params, buffers, opt, frozen, x
 _STEPS: dict[tuple, Callable] = {}
 
 
-def _use_engine_inductor_cache() -> None:
-    """Inductor's compiled graphs under the engine's cache directory, so a second sweep on this
-    machine loads them instead of compiling (unless the user chose a directory)."""
-    from engine import paths
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.cache_dir() / "inductor"))
-
-
 def step_fn(program, prefix: tuple, optimizer: str, device: torch.device, compile: bool,
             backend: str = "inductor", precision: str | None = None) -> Callable:
     """The step for one (tail program, in-step prefix program), compiled once per optimizer,
@@ -188,7 +180,7 @@ def step_fn(program, prefix: tuple, optimizer: str, device: torch.device, compil
     if key not in _STEPS:
         fn = lambda *a: _step(program, prefix, optimizer, precision, *a)  # noqa: E731
         if compile:
-            _use_engine_inductor_cache()
+            use_engine_inductor_cache()
             # Every program and group shape is one more entry on the same code object.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             fn = torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)

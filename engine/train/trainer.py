@@ -19,6 +19,7 @@ autocast (on CPUs without native bf16 it is several times slower, so the CPU sta
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -73,12 +74,22 @@ class Runner:
     precision: str | None = None
 
 
+def use_engine_inductor_cache() -> None:
+    """Inductor's compiled graphs under the engine's cache directory, so a second sweep on this
+    machine loads them instead of compiling (unless the user chose a directory). Called before
+    every compile the engine makes: inductor fixes its directory (setting the variable to its
+    default) at its first compile in a process."""
+    from engine import paths
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(paths.cache_dir() / "inductor"))
+
+
 def make_runner(model: LayeredNet, frozen_upto: int, *, compile: bool = False,
                 backend: str = "inductor", precision: str | None = None) -> Runner:
     """Split `model`; the parts share its parameters, so in-place resets reach compiled code too."""
     prefix: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[:frozen_upto])
     tail: Callable[[Tensor], Tensor] = nn.Sequential(*model.layers[frozen_upto:])
     if compile:
+        use_engine_inductor_cache()
         # Every split is an nn.Sequential, so all share Sequential.forward's code object and with
         # it one dynamo cache: allow an entry per (architecture, shape, frozen depth) of a sweep,
         # and no dynamic-shape recompiles (each split sees one batch shape for training).
