@@ -123,7 +123,7 @@ def _precision(sweep: SweepSpec, out: Path, device: torch.device,
     """What every run's spec records for `sweep.precision` on `device`
     (engine.train.device.spec_precision). Under auto, a directory holding runs stored before the
     option existed (precision "") resumes in the device's default arithmetic, the one they used,
-    so that their run IDs still match: on a CPU that computes bf16 natively auto would otherwise
+    so that their run IDs still match: where auto picks bf16 on a CPU (AMX) it would otherwise
     train them all again in bf16."""
     chosen = spec_precision(sweep.precision, device)
     if sweep.precision != "auto" or chosen is None or not (out / "results").is_dir():
