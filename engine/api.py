@@ -132,7 +132,7 @@ def status(out: PathLike) -> dict:
     """`engine status --json` as a dict: runs_total, runs_done, runs_to_train, alices_done,
     running, runs_per_min, eta_s and more (README "Watching a sweep")."""
     with _one_error_type():
-        from engine.status import status as _status
+        from engine.run_status import status as _status
         return _status(Path(out))
 
 

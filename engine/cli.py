@@ -107,7 +107,7 @@ def _report(args) -> int:
 
 def _status(args) -> int:
     import json
-    from engine.status import format_status, status
+    from engine.run_status import format_status, status
     s = status(Path(args.dir))
     print(json.dumps(s) if args.json else format_status(s))
     return 0

@@ -130,3 +130,14 @@ def test_readme_from_python_lists_every_function_with_its_docstring():
         if callable(obj) and not isinstance(obj, type):
             assert f"`engine.{name}(" in section, name
             assert (obj.__doc__ or "").strip(), name  # the reference the section summarises
+
+
+def test_api_functions_stay_callable_after_their_modules_load(tmp_path):
+    """`engine.status` once became its module `engine.status` after its first call (importing a
+    submodule binds it on the package): no API name may be a module of the package."""
+    import pkgutil
+    submodules = {m.name for m in pkgutil.iter_modules(engine.__path__)}
+    assert not (set(engine.__all__) - {"sweep"}) & submodules  # sweep: a callable package
+    for _ in range(2):
+        with pytest.raises(engine.EngineError, match="is not a directory"):
+            engine.status(tmp_path / "missing")

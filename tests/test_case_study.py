@@ -136,7 +136,7 @@ def test_case_study_end_to_end_resumes_after_a_kill(data_root, tmp_path, monkeyp
         text.count("**inconclusive**") == 5
     gain = pd.read_csv(report / "gain.csv")
     assert len(gain) == 5 * 2 and gain["seeds"].eq(2).all()
-    from engine.status import status  # `engine status` on a case-study directory
+    from engine.run_status import status  # `engine status` on a case-study directory
     s = status(out)
     assert s["kind"] == "case-study" and s["spec"].startswith("case study cats-dogs: arch cnn")
     assert (s["running"], s["state"], s["runs_total"], s["runs_done"], s["runs_to_train"]) == \
