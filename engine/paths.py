@@ -133,3 +133,43 @@ def feature_cache(out: Path, name: str) -> Path:
 def bob_checkpoint(out: Path, run_id: str) -> Path:
     """Bob's weights, re-created on demand by engine.analysis.artifacts.bob_model."""
     return out / "bob" / f"{run_id}.safetensors"
+
+
+# `engine reproduce DIR` (engine.studies.claims): one shared sweep root for every claim's runs,
+# the studies' directories, each claim's stored evidence, and the report.
+
+def reproduce_out(arg: str | os.PathLike | None = None) -> Path:
+    """`--out`, `ENGINE_REPRODUCE_OUT`, `./out/reproduce`."""
+    if arg is not None:
+        return Path(arg).expanduser()
+    env = os.environ.get("ENGINE_REPRODUCE_OUT")
+    return Path(env).expanduser() if env else Path("out") / "reproduce"
+
+
+def claims_runs(out: Path) -> Path:
+    """The sweep root every claim's sweeps train into (a normal sweep directory)."""
+    return out / "runs"
+
+
+def claims_study(out: Path, study_id: str) -> Path:
+    """The output directory of one study (toy, case study, manifold sweep)."""
+    return out / "studies" / study_id
+
+
+def claims_evidence(out: Path, claim_id: str) -> Path:
+    """A claim's evaluated evidence (JSON), reused on resume while its inputs are unchanged."""
+    return out / "claims" / f"{claim_id}.json"
+
+
+def claims_work(out: Path, claim_id: str) -> Path:
+    """A claim's own directory for intermediate files."""
+    return out / "claims" / claim_id
+
+
+def claims_figure(out: Path, claim_id: str) -> Path:
+    return out / "figures" / f"{claim_id}.png"
+
+
+def verdicts_file(out: Path) -> Path:
+    """One object per claim run: id, paper, effect, ci_low, ci_high, seeds, verdict, ..."""
+    return out / "verdicts.json"

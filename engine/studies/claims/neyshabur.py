@@ -1,0 +1,2 @@
+"""Placeholder: this paper's claims are being written (engine.studies.claims.base)."""
+CLAIMS = ()

@@ -1,0 +1,39 @@
+"""The sizes `engine reproduce --scale` runs the claims at.
+
+smoke: seconds to minutes, for tests; too small and too few seeds for most verdicts.
+small: every claim on a 2-core CPU in at most an hour, seeds enough to decide the strong effects.
+paper: the papers' sizes (full MNIST-size splits, 10 epochs, 5 betas, 3 seeds, mlp and cnn);
+       meant for a GPU or a Ray cluster.
+`seconds_per_run` is the measured mean wall time of one trained Bob run at that scale (on the
+2-core CPU for smoke and small; bench/RESULTS.md), used only for `--list`'s estimates.
+"""
+from __future__ import annotations
+
+from engine.errors import EngineError
+from engine.studies.claims.base import Scale
+
+SCALES = {
+    "smoke": Scale("smoke", seeds=2, n_train=400, n_test=200, epochs=1, alice_epochs=1,
+                   betas=(0.0, 1.0), archs=("mlp",), n_bobs=(100, None), max_samples=200,
+                   minutes="a few minutes on a 2-core CPU"),
+    "small": Scale("small", seeds=4, n_train=4000, n_test=1000, epochs=4, alice_epochs=4,
+                   betas=(0.0, 0.5, 1.0), archs=("mlp",), n_bobs=(250, None), max_samples=500,
+                   minutes="under an hour on a 2-core CPU"),
+    "paper": Scale("paper", seeds=3, n_train=None, n_test=None, epochs=10, alice_epochs=10,
+                   betas=(0.0, 0.25, 0.5, 0.75, 1.0), archs=("mlp", "cnn"), n_bobs=(1000, None),
+                   max_samples=2000, minutes="hours on one GPU"),
+}
+
+SECONDS_PER_RUN = {"smoke": 0.2, "small": 1.0, "paper": 6.0}  # see the module docstring
+
+
+def scale(name: str, seeds: int | None = None) -> Scale:
+    """The named scale, with `seeds` repeats when given."""
+    if name not in SCALES:
+        raise EngineError(f"unknown scale {name!r}; choose one of: {', '.join(SCALES)}")
+    s = SCALES[name]
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise EngineError(f"--seeds must be a positive integer, got {seeds!r}")
+        s = s.with_seeds(seeds)
+    return s
