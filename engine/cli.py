@@ -134,9 +134,22 @@ def _case_study(args) -> int:
     return handle(args)
 
 
+def _reproduce(args) -> int:
+    from engine.studies.claims.command import handle
+    return handle(args)
+
+
 COMMANDS = {"analyze": _analyze, "case-study": _case_study, "build-data": _build_data, "inspect": _inspect, "demo": _demo, "pretrain": _pretrain,
             "sweep": _sweep, "results": _results, "report": _report, "status": _status, "toy": _toy,
-            "manifold-sweep": _manifold_sweep}
+            "manifold-sweep": _manifold_sweep, "reproduce": _reproduce}
+
+
+def _choose_depth(args) -> int:
+    from engine.analysis.depth.recommend import handle
+    return handle(args)
+
+
+COMMANDS["choose-depth"] = _choose_depth
 
 
 def _one_line(text: str) -> str:

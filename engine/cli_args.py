@@ -210,11 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     from engine.studies import case_study
     case_study.add_parser(sub)
+    from engine.studies.claims import command as reproduce
+    reproduce.add_parser(sub)
+    from engine.analysis.depth import recommend
+    recommend.add_parser(sub)
     return parser
 
 
 ANALYSES = ("cka", "transferability", "bound", "barrier", "criticality", "attribution",
-            "select-source")  # engine.analysis.analyze.COMMANDS
+            "select-source", "choose-depth")  # engine.analysis.analyze.COMMANDS
 
 
 def _add_analyze(sub) -> None:
@@ -252,6 +256,9 @@ def _add_analyze(sub) -> None:
             k.add_argument("--target", help="target dataset dir (default: the first run's)")
             k.add_argument("--n", type=COUNT, help="target samples (default: smallest n_bob)")
             k.add_argument("--epochs", type=EPOCHS, default=10, help="scratch network's epochs")
+        if kind == "choose-depth":
+            k.add_argument("--predictor", help="only these depth predictors, comma-separated "
+                           "(default: all; see engine.analysis.depth.registry)")
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs_flag: str) -> None:

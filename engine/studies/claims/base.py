@@ -123,7 +123,9 @@ class Context:
 
     def figure_path(self) -> Path:
         from engine import paths
-        return paths.claims_figure(self.out, self.claim_id)
+        path = paths.claims_figure(self.out, self.claim_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def work_dir(self) -> Path:
         from engine import paths
