@@ -225,6 +225,9 @@ def run_analyze(args) -> list[Path]:
     if hasattr(args, "alphas"):
         o.alphas = tuple(parse_floats(args.alphas, "alphas"))
         o.sigmas = tuple(parse_floats(args.sigmas, "sigmas"))
+    if getattr(args, "predictor", None):
+        from engine.analysis.depth.registry import PREDICTORS
+        o.predictors = parse_names(args.predictor, "predictor", list(PREDICTORS))
     if o.max_samples < 1:
         raise EngineError("--max-samples must be at least 1")
     if hasattr(args, "alphas"):

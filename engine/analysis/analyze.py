@@ -20,7 +20,7 @@ from engine.errors import EngineError
 from engine.store import write_analysis
 
 KINDS = ("cka", "transferability", "bound", "barrier", "criticality", "attribution",
-         "select-source")
+         "select-source", "choose-depth")
 LOG = Callable[[str], None]
 
 
@@ -42,6 +42,7 @@ class Options:
     target: str | None = None            # select-source: target dataset dir
     n: int | None = None                 # select-source: target budget
     epochs: int = 10                     # select-source: scratch network's epochs
+    predictors: list[str] | None = None  # choose-depth: these predictors (None: all)
 
 
 def _runs(out: Path, o: Options, default_modes: tuple[str, ...]) -> pd.DataFrame:
@@ -210,8 +211,14 @@ def select_source(out: Path, o: Options, log: LOG) -> list[Path]:
     return _finish(out, "select-source", rows, figures.select_source, SCORES)
 
 
+def choose_depth(out: Path, o: Options, log: LOG) -> list[Path]:
+    from engine.analysis.depth.evaluate import choose_depth as evaluate
+    return evaluate(out, o, log)
+
+
 COMMANDS = {"cka": cka, "transferability": transferability, "bound": bound, "barrier": barrier,
-            "criticality": criticality, "attribution": attribution, "select-source": select_source}
+            "criticality": criticality, "attribution": attribution, "select-source": select_source,
+            "choose-depth": choose_depth}
 
 
 def analyze(kind: str, out: Path, options: Options, log: LOG = lambda m: None) -> list[Path]:

@@ -1,0 +1,84 @@
+"""`engine analyze choose-depth DIR`: every predictor on every complete group of a stored sweep,
+scored against the measured depth curve (engine.analysis.depth.scoring). Rows into the analysis
+store (`level` "group": one per predictor and group; `level` "summary": one per predictor and
+arch, and pooled), `DIR/analysis/choose-depth.png` (regret vs cost per predictor)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from engine.analysis import artifacts as art
+from engine.analysis.depth import figure, registry, scoring
+from engine.analysis.depth.cost import sweep_flops
+from engine.analysis.depth.task import Budget, Task, run_predictor
+from engine.sweep.executors import n_classes as classes_of
+
+KIND = "choose-depth"
+
+
+def group_task(out: Path, g: dict) -> tuple[Task, float]:
+    """The Task of one truth group (the sweep's own draw of Bob's samples) and the FLOPs of the
+    group's sweep runs."""
+    spec = json.loads(g["spec_json"])
+    train, test, manifest = art.dataset(out, g["dataset"])
+    alice, _ = art.alice_model(out, g["alice_id"])
+    data = train.subset(spec["n_bob"], g["seed"])
+    source_train = art.dataset(out, art.alice_dataset(out, g["alice_id"]))[0]
+    source = source_train.subset(min(len(data), len(source_train)), g["seed"])
+    task = Task(alice, data, classes_of(manifest),
+                Budget(spec["epochs"], spec["optimizer"], spec["lr"], spec["batch_size"]),
+                seed=g["seed"], alice_id=g["alice_id"], dataset_key=g["dataset"], source=source,
+                n_sweep_eval=len(test))
+    return task, sweep_flops(task.fwd, len(data), spec["epochs"], len(test))
+
+
+def evaluate(out: Path, runs: pd.DataFrame, *, mode: str = "finetune",
+             predictors: list[str] | None = None, log=lambda m: None) -> pd.DataFrame:
+    """One row per (predictor, group): the group's keys, chosen and best depth, the metrics of
+    `scoring.group_metrics`, the predictor's cost and its fraction of the group's sweep."""
+    chosen = registry.get(predictors)
+    groups = scoring.truth_curves(runs, mode)
+    rows = []
+    for i, g in enumerate(groups, 1):
+        task, flops = group_task(out, g)
+        log(f"choose-depth: group {i}/{len(groups)}: {g['pair']} beta={g['beta']:g} "
+            f"{g['arch']} n_bob={g['n_bob']}")
+        for name, fn in chosen.items():
+            scores, cost = run_predictor(fn, task)
+            rows.append({"level": "group", "predictor": name,
+                         **{k: g[k] for k in scoring.GROUP_KEYS}, "seed": g["seed"],
+                         "mode": mode, **scoring.group_metrics(scores, g["curve"]),
+                         "wall_s": cost.wall_s, "flops": cost.flops,
+                         "sweep_wall_s": g["wall_s"], "sweep_flops": flops,
+                         "cost_fraction": cost.wall_s / g["wall_s"],
+                         "flops_fraction": cost.flops / flops,
+                         "scores": json.dumps([None if s != s else round(float(s), 6)
+                                               for s in scores]),
+                         "truth": json.dumps([round(float(a), 6) for a in g["curve"]])})
+    return pd.DataFrame(rows)
+
+
+def choose_depth(out: Path, o, log) -> list[Path]:
+    """The analysis of `engine analyze choose-depth` (Options `o`: filters, `o.predictors`)."""
+    from engine.analysis.analyze import _finish
+    modes = o.modes or ["finetune"]
+    runs = art.filter_runs(art.sweep_runs(out), betas=o.betas, archs=o.archs, seeds=o.seeds,
+                           n_bobs=o.n_bobs, modes=modes)
+    per_group = pd.concat([evaluate(out, runs, mode=m, predictors=o.predictors, log=log)
+                           for m in modes], ignore_index=True)
+    summary = pd.concat([scoring.summarize(g).assign(mode=m)
+                         for m, g in per_group.groupby("mode", sort=False)], ignore_index=True)
+    for _, r in summary[summary["arch"] == "pooled"].iterrows():
+        log(f"  {r['predictor']:>12} ({r['mode']}): median regret {r['regret']:.2f} points, "
+            f"hit rate {r['hit_rate']:.2f}, cost {r['cost_fraction']:.3f} of the sweep")
+    rows = [*per_group.to_dict("records"), *summary.assign(level="summary").to_dict("records")]
+    return _finish(out, KIND, rows, figure.draw)
+
+
+def latest(out: Path) -> pd.DataFrame:
+    """The newest stored choose-depth rows of `out` (the last part written), or an empty frame."""
+    from engine.store import read_analysis
+    df = read_analysis(out, KIND)
+    return df
