@@ -170,6 +170,24 @@ def case_study(study: str = "cats-dogs", **options: Any) -> Path:
         return run_from_args(_parse("case-study", _argv("case-study", options, [study])))
 
 
+def reproduce(*claims: str, **options: Any) -> Path:
+    """`engine reproduce [CLAIM ...]`: train what the claims need (or resume), judge them and
+    write the report; returns the path of `report.html` (beside it `verdicts.json`, one object
+    per claim). Options are the command's flags (`scale="smoke"`, `seeds=5`, `out=...`,
+    `report_only=True`); `engine.reproduce(list=True)` returns the listing as a string."""
+    with _one_error_type():
+        from engine.studies.claims.runner import listing
+        from engine.studies.claims.runner import reproduce as run
+        args = _parse("reproduce", _argv("reproduce", options, claims))
+        if args.list:
+            return listing(args.claims, scale=args.scale, seeds=args.seeds)
+        if args.executor == "ray":
+            from engine.sweep.spec import require_ray
+            require_ray()
+        return run(args.claims, scale=args.scale, seeds=args.seeds, out=args.out,
+                   executor=args.executor, device=args.device, report_only=args.report_only)
+
+
 # What the CLI's commands and these functions share ---------------------------------------------
 
 def run_pretrain(args) -> Path:
