@@ -170,3 +170,102 @@ def test_shared_features_are_charged_to_their_readers(tasks):
     assert blind.flops == 0
     assert reads.flops >= t.feature_cost.flops == N * sum(t.fwd) > 0
     assert reads.wall_s >= t.feature_cost.wall_s
+
+
+# End to end on a tiny real sweep -----------------------------------------------------------------
+
+SWEEP = ["--pair", "mnist:fashion", "--betas", "0,1", "--seeds", "0", "--arch", "mlp",
+         "--depth", "2", "--width", "32", "--epochs", "2", "--alice-epochs", "1",
+         "--n-train", "1000", "--n-test", "300", "--n-bob", "200", "--modes", "finetune",
+         "--baselines", "none", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = paths.data_root()
+    if not ((root / "MNIST" / "raw").is_dir() and (root / "FashionMNIST" / "raw").is_dir()):
+        pytest.skip("MNIST and Fashion-MNIST are not under $ENGINE_DATA_ROOT")
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENGINE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        assert main(["sweep", *SWEEP, "--out", str(out)]) == 0
+    return out
+
+
+def _stored_curves(out) -> dict:
+    from engine.analysis.artifacts import sweep_runs
+    runs = sweep_runs(out)
+    return {(a, n): g.set_index("retrain_from")["test_acc"].sort_index().to_numpy()
+            for (a, n), g in runs.groupby(["alice_id", "n_bob"])}
+
+
+def test_analyze_choose_depth_on_a_real_sweep(sweep, monkeypatch, capsys):
+    curves = _stored_curves(sweep)
+    # an oracle that reads the measured curve must score perfectly: regret 0, every pick a hit
+    oracle = lambda task: curves[(task.alice_id, task.n)]  # noqa: E731
+    monkeypatch.setitem(registry.PREDICTORS, "oracle", oracle)
+    assert main(["analyze", "choose-depth", str(sweep), "--predictor",
+                 "oracle,probe,correlation,logme"]) == 0
+    printed = capsys.readouterr().out.split()
+    png = paths.analysis_dir(sweep) / "choose-depth.png"
+    assert str(png) in printed and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    df = read_analysis(sweep, "choose-depth")
+    groups = df[df["level"] == "group"]
+    assert len(groups) == 4 * len(curves)
+    for _, r in groups.iterrows():
+        truth = curves[(r["alice_id"], r["n_bob"])]
+        assert json.loads(r["truth"]) == pytest.approx(list(truth), abs=1e-6)
+        assert r["best_depth"] == np.flatnonzero(truth == truth.max())[-1] + 1
+        assert 0 < r["cost_fraction"] and (r["predictor"] == "oracle" or 0 < r["flops_fraction"])
+        assert {"pair", "beta", "arch", "alice_id", "n_bob", "chosen_depth", "regret"} <= set(r.index)
+    o = groups[groups["predictor"] == "oracle"]
+    assert (o["regret"] == 0).all() and (o["hit"] == 1).all()
+    summary = df[df["level"] == "summary"]
+    assert {"predictor", "arch", "groups", "spearman", "hit_rate", "within_one", "regret",
+            "cost_fraction"} <= set(summary.columns)
+    assert set(summary["arch"]) == {"mlp", "pooled"}
+    assert summary.set_index(["predictor", "arch"]).loc[("oracle", "pooled"), "regret"] == 0
+
+
+def test_choose_depth_command(sweep, capsys):
+    from engine.analysis.artifacts import sweep_runs
+    runs = sweep_runs(sweep)
+    r = runs.iloc[0]
+    data = paths.dataset_dir(paths.sweep_datasets(sweep), r["dataset"])
+    alice = paths.alice_dir(sweep, r["alice_id"])
+    argv = ["choose-depth", "--data", str(data), "--alice", str(alice), "--n-bob", "100"]
+    assert main([*argv, "--predictor", "correlation", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert 1 <= answer["depth"] <= 3 and len(answer["scores"]) == 3
+    assert answer["depth"] == choose(answer["scores"])
+    assert main([*argv, "--predictor", "probe", "--evaluations", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "recommended retrain-from depth" in out and "track record" in out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-bob", "5000"], "is larger than the training split"),
+    (["--arch", "cnn"], "is a mlp, not a cnn"),
+    (["--predictor", "nope"], "unknown predictor"),
+])
+def test_choose_depth_errors_are_one_line(sweep, capsys, extra, message):
+    runs = __import__("engine.analysis.artifacts", fromlist=["x"]).sweep_runs(sweep)
+    r = runs.iloc[0]
+    data = paths.dataset_dir(paths.sweep_datasets(sweep), r["dataset"])
+    argv = ["choose-depth", "--data", str(data), "--alice",
+            str(paths.alice_checkpoint(sweep, r["alice_id"])), "--n-bob", "100"]
+    argv = argv[:-2] + extra if extra[0] == "--n-bob" else argv + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_no_complete_curve_is_one_line(sweep, tmp_path, capsys):
+    partial = tmp_path / "partial"
+    args = [a for a in SWEEP]
+    args[args.index("0,1")] = "1"
+    assert main(["sweep", *args, "--layers", "1,3", "--out", str(partial)]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "choose-depth", str(partial)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no complete depth curve" in err

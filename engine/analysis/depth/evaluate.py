@@ -74,11 +74,26 @@ def choose_depth(out: Path, o, log) -> list[Path]:
         log(f"  {r['predictor']:>12} ({r['mode']}): median regret {r['regret']:.2f} points, "
             f"hit rate {r['hit_rate']:.2f}, cost {r['cost_fraction']:.3f} of the sweep")
     rows = [*per_group.to_dict("records"), *summary.assign(level="summary").to_dict("records")]
-    return _finish(out, KIND, rows, figure.draw)
+    written = _finish(out, KIND, rows, figure.draw)
+    return [*written, write_table(out, summary, per_group)]
 
 
-def latest(out: Path) -> pd.DataFrame:
-    """The newest stored choose-depth rows of `out` (the last part written), or an empty frame."""
-    from engine.store import read_analysis
-    df = read_analysis(out, KIND)
-    return df
+def write_table(out: Path, summary: pd.DataFrame, per_group: pd.DataFrame) -> Path:
+    """`DIR/analysis/choose-depth.md`: the predictors x metrics table (for reports and README)."""
+    from engine import paths
+    from engine.atomic import write_bytes
+    lines = [f"# Choosing the depth: {out}", "",
+             f"{per_group[['pair', 'beta', 'arch', 'alice_id', 'n_bob']].drop_duplicates().shape[0]}"
+             f" groups; seeds {sorted(set(per_group['seed']))}; truth: mode "
+             f"{', '.join(sorted(set(per_group['mode'])))}. Mean Spearman, hit rate, within one, "
+             "median regret and median cost, 95% bootstrap intervals over groups.", ""]
+    for mode, s in summary.groupby("mode", sort=False):
+        t = scoring.table(s)
+        lines += [f"## {mode}", "", "| " + " | ".join(t.columns) + " |",
+                  "|" + " --- |" * len(t.columns)]
+        lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in t.itertuples(index=False)]
+        lines.append("")
+    path = paths.analysis_dir(out) / f"{KIND}.md"
+    write_bytes(path, "\n".join(lines).encode())
+    return path
+

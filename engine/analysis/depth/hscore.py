@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.analysis.depth.task import compact
 from engine.analysis.depth.cost import gram_flops
 from engine.analysis.estimators import h_score
 
@@ -11,7 +12,8 @@ def predict(task) -> np.ndarray:
     y = task.labels
     scores = []
     for l in range(1, task.L + 1):
-        f = task.features(l - 1)
+        f, spent = compact(task.features(l - 1))
+        task.count(spent)
         d = f.shape[1]
         task.count(gram_flops(task.n, d) + d ** 3 / 3 + 2.0 * d * d * task.n_classes)
         scores.append(h_score(f, y))

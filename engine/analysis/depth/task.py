@@ -108,6 +108,19 @@ def _activations(model: LayeredNet, data: DeviceData, batch_size: int = 512) -> 
     return [torch.cat(c).numpy() for c in per_layer]
 
 
+def compact(f: np.ndarray) -> tuple[np.ndarray, float]:
+    """(features, FLOPs spent): features wider than they have samples (d > n) replaced by their
+    coordinates in their own row space, F V (F = U S V^T, n x n). LogME and H-score depend on F
+    only through F^T F's non-zero spectrum and projections within that row space, so both are
+    unchanged (LogME's d log alpha - sum log(alpha + beta sigma_j) loses exactly the zero
+    eigenvalues' terms), while the eigendecompositions shrink from d^3 to n^3."""
+    n, d = f.shape
+    if d <= n:
+        return f, 0.0
+    u, s, _ = np.linalg.svd(f.astype(np.float64), full_matrices=False)
+    return (u * s).astype(f.dtype), 4.0 * n * n * d + 9.0 * n ** 3
+
+
 def choose(scores) -> int:
     """The depth (1-based) a score curve picks: the highest finite score, the deepest on ties
     (retraining less costs less); 0 when no score is finite."""
