@@ -99,7 +99,8 @@ def similarity_cells(best: pd.DataFrame) -> pd.DataFrame:
     for (seed, arch, n), g in best.groupby(["seed", "arch", "n_bob"]):
         if g["beta"].nunique() < 2:
             continue
-        slope = float(np.polyfit(g["beta"].to_numpy(float), g["best_l"].to_numpy(float), 1)[0])
+        slope = round(float(np.polyfit(g["beta"].to_numpy(float), g["best_l"].to_numpy(float),
+                                         1)[0]), 9)  # no -1e-16 for a flat line
         rows.append({"seed": int(seed), "arch": arch, "n_bob": int(n), "slope": slope,
                      "best_l_by_beta": " ".join(f"{b:g}:{l:g}" for b, l in
                                                 zip(g["beta"], g["best_l"])),
