@@ -35,7 +35,8 @@ def task(tmp_path_factory):
     data = engine_build(out)
     assert main(["pretrain", "--data", str(data), "--arch", "mlp", "--epochs", "1",
                  "--out", str(out), "--device", "cpu"]) == 0
-    alice = next(paths.alice_dir(out, "x").parent.iterdir())
+    alice = next(p for p in paths.alice_dir(out, "x").parent.iterdir()
+                 if (p / "model.safetensors").is_file())
     return data, alice
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from engine.analysis import artifacts as art
 from engine.analysis.depth import figure, registry, scoring
-from engine.analysis.depth.cost import sweep_flops
+from engine.analysis.depth.cost import Cost, sweep_flops
 from engine.analysis.depth.task import Budget, Task, run_predictor
 from engine.sweep.executors import n_classes as classes_of
 
@@ -46,7 +47,13 @@ def evaluate(out: Path, runs: pd.DataFrame, *, mode: str = "finetune",
         log(f"choose-depth: group {i}/{len(groups)}: {g['pair']} beta={g['beta']:g} "
             f"{g['arch']} n_bob={g['n_bob']}")
         for name, fn in chosen.items():
-            scores, cost = run_predictor(fn, task)
+            try:
+                scores, cost = run_predictor(fn, task)
+            except (ArithmeticError, RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
+                # a predictor that fails on one group (e.g. a diverged fit) abstains there
+                log(f"  {name}: failed on this group ({type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:120]}); no pick")
+                scores, cost = np.full(task.L, np.nan), Cost()
             rows.append({"level": "group", "predictor": name,
                          **{k: g[k] for k in scoring.GROUP_KEYS}, "seed": g["seed"],
                          "mode": mode, **scoring.group_metrics(scores, g["curve"]),
