@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.studies.claims.base import Scale
 
 SCALES = {
-    "smoke": Scale("smoke", seeds=2, n_train=400, n_test=200, epochs=1, alice_epochs=1,
+    "smoke": Scale("smoke", seeds=2, n_train=1000, n_test=500, epochs=2, alice_epochs=2,
                    betas=(0.0, 1.0), archs=("mlp",), n_bobs=(100, None), max_samples=200,
                    minutes="a few minutes on a 2-core CPU"),
     "small": Scale("small", seeds=4, n_train=4000, n_test=1000, epochs=4, alice_epochs=4,
