@@ -165,7 +165,8 @@ def bob_model(out: Path, run_id: str | None = None, *, spec: BobSpec | None = No
     L = n_layers(spec.arch, spec.depth, spec.width, spec.global_pool)
     runner = cache.get(spec.arch, train.input_shape, n_classes,
                        frozen_upto=frozen_prefix(L, spec.retrain_from, spec.mode),
-                       depth=spec.depth, width=spec.width, global_pool=spec.global_pool)
+                       depth=spec.depth, width=spec.width, global_pool=spec.global_pool,
+                       precision=spec.precision)  # run_bob's runner: the network it trained
     model = runner.model.eval()
     save_checkpoint(path, model.state_dict(), {"bob": spec.to_dict(), "id": spec.run_id,
                                                "model": model.spec, "stats": list(train.stats)},
