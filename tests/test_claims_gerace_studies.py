@@ -226,3 +226,36 @@ def test_photos_effect_is_the_gap_in_the_case_study_store(done):
         gap = 100 * (s[s["task"] == "cifar-cat-dog"]["test_acc"].max()
                      - s[s["task"] == "cifar-vehicles"]["test_acc"].max())
         assert evidence["mb-semantic-photos"].effects[seed] == pytest.approx(gap)
+
+
+# The case study's verdicts under the reproduce rule ----------------------------------------------
+
+def test_units_from_moments_reproduce_the_interval_of_the_moments():
+    from engine.studies.case_study_claims import units_from_moments
+    u = units_from_moments(2.0, 1.5, 4)
+    assert np.mean(u) == pytest.approx(2.0) and np.std(u, ddof=1) == pytest.approx(1.5)
+    mean, low, high, n = stats.interval(u)
+    from scipy.stats import t
+    assert (high - low) / 2 == pytest.approx(t.ppf(0.975, 3) * 1.5 / 2) and n == 4
+    assert units_from_moments(2.0, math.nan, 3) == (2.0,) and units_from_moments(math.nan, 1, 3) == ()
+
+
+def test_case_study_verdicts_pair_the_seeds_when_the_tables_have_them():
+    from engine.studies.case_study_claims import claims, format_seeds, parse_seeds
+    assert parse_seeds(format_seeds({1: 2.5, 0: -1})) == {0: -1.0, 1: 2.5}
+    assert parse_seeds("3 4") == {} and parse_seeds(float("nan")) == {}
+    study = {"tasks": {"near": {"rank": 2, "noise": 0.0}, "far": {"rank": 1, "noise": 0.0}}}
+    near, far = {0: 10.0, 1: 12.0, 2: 14.0}, {0: 8.0, 1: 10.0, 2: 12.0}  # paired: +2 each
+    gain = pd.DataFrame([{"task": t, "n_bob": 100, "gain": np.mean(list(v.values())),
+                          "gain_std": np.std(list(v.values()), ddof=1), "seeds": 3,
+                          "seed_gains": format_seeds(v)} for t, v in (("near", near), ("far", far))])
+    best = pd.DataFrame([{"task": t, "mode": m, "n_bob": 100, "best_depth": d,
+                          "seed_best_depths": format_seeds({0: d, 1: d, 2: d})}
+                         for t, d in (("near", 4), ("far", 2)) for m in ("finetune", "reinit")])
+    found = claims(study, gain, best)
+    assert [c["verdict"] for c in found[:2]] == ["holds", "holds"]
+    assert "+2.00 [+2.00, +2.00], 3 seeds, supported" in found[1]["evidence"]
+    # The same means and spreads without per-seed columns cannot be paired: the gap of 2 points
+    # has a spread of sqrt(2) x 2 and is not resolved.
+    unpaired = claims(study, gain.drop(columns="seed_gains"), best)
+    assert unpaired[0]["verdict"] == "holds" and unpaired[1]["verdict"] == "inconclusive"

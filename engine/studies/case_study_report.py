@@ -5,9 +5,10 @@ Reads `<out>/study.json` (written by engine.studies.case_study: which Alice ID i
 the results store, keeps the study's run IDs, and writes to `<out>/report/`:
 - `accuracy.csv`: Bob's test accuracy per (task, mode, n_bob, depth l): mean, std, seeds;
 - `best_depth.csv`: per (task, mode, n_bob) the depth with the highest mean accuracy, its accuracy,
-  and the best depths of the single seeds;
+  and the best depths of the single seeds (`seed_best_depths`, "seed:depth" pairs);
 - `gain.csv`: per (task, n_bob) the gain over scratch, in points, at the task's best (l, mode)
-  (chosen on the mean over seeds), mean and std over seeds of the per-seed differences;
+  (chosen on the mean over seeds), mean and std over seeds of the per-seed differences, and
+  those differences (`seed_gains`, "seed:points" pairs);
 - `acc_vs_depth_n<n>.png`, `best_depth.png`, `gain.png`, `summary.md`, and `report.html` (engine.pages:
   the same tables and verdicts, the figures embedded, the study's options).
 
@@ -29,7 +30,7 @@ from engine import pages
 from engine.atomic import atomic_path, write_bytes
 from engine.errors import EngineError
 from engine.store import ResultsStore
-from engine.studies.case_study_claims import MODES, claims, task_order
+from engine.studies.case_study_claims import MODES, claims, format_seeds, task_order
 
 SCRATCH = "scratch"
 
@@ -73,13 +74,13 @@ def best_depths(df: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
     for (task, mode, n), block in alice.groupby(["task", "mode", "n_bob"]):
         best = block.loc[block["mean"].idxmax()]
         runs = df[(df["task"] == task) & (df["mode"] == mode) & (df["n_bob"] == n)]
-        per_seed = [int(b.loc[b["test_acc"].idxmax(), "retrain_from"])
-                    for _, b in runs.groupby("seed")]
+        per_seed = {int(seed): int(b.loc[b["test_acc"].idxmax(), "retrain_from"])
+                    for seed, b in runs.groupby("seed")}
         rows.append({"task": task, "mode": mode, "n_bob": int(n),
                      "best_depth": int(best["retrain_from"]), "acc": float(best["mean"]),
                      "acc_std": float(best["std"]) if pd.notna(best["std"]) else math.nan,
                      "depths": int(block["retrain_from"].nunique()),
-                     "seed_best_depths": " ".join(map(str, per_seed))})
+                     "seed_best_depths": format_seeds(per_seed)})
     return pd.DataFrame(rows)
 
 
@@ -94,8 +95,9 @@ def gains(df: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
         runs = df[(df["task"] == task) & (df["n_bob"] == n)]
         at_best = runs[(runs["mode"] == best["mode"])
                        & (runs["retrain_from"] == best["retrain_from"])]
-        diffs = [100 * (r.test_acc - scratch[(n, r.seed)]) for r in at_best.itertuples()
-                 if (n, r.seed) in scratch.index]
+        by_seed = {int(r.seed): 100 * (r.test_acc - scratch[(n, r.seed)])
+                   for r in at_best.itertuples() if (n, r.seed) in scratch.index}
+        diffs = list(by_seed.values())
         L = int(runs["n_layers"].max())
         head = runs[(runs["retrain_from"] == L) & (runs["mode"] == "finetune")]
         head_diffs = [100 * (r.test_acc - scratch[(n, r.seed)]) for r in head.itertuples()
@@ -104,7 +106,7 @@ def gains(df: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
                      "best_depth": int(best["retrain_from"]),
                      "gain": float(np.mean(diffs)) if diffs else math.nan,
                      "gain_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
-                     "seeds": len(diffs),
+                     "seeds": len(diffs), "seed_gains": format_seeds(by_seed),
                      "gain_head_only": float(np.mean(head_diffs)) if head_diffs else math.nan,
                      "scratch_acc": float(scratch.xs(n, level="n_bob").mean())
                      if n in scratch.index.get_level_values(0) else math.nan})
@@ -253,8 +255,11 @@ def summary_text(study: dict, df: pd.DataFrame, acc: pd.DataFrame, best: pd.Data
               "Mohamud & Brink (2025), in controlled real-world scenarios including a dog-vs-cat "
               "task: Bob reuses Alice's pre-trained network effectively when there are semantic "
               "correlations between his task and hers, and the best number of retrained layers "
-              "follows that correlation. A difference counts as resolved when it exceeds its 95% "
-              "Student-t interval over seeds (with 2 seeds, 12.7 standard errors; 3 seeds, 4.3), "
+              "follows that correlation. Verdicts follow `engine reproduce`'s rule "
+              "(engine.studies.claims.stats): per-seed effects with their 95% t-interval, a claim "
+              "supported when its one-sided t-test of 'mean <= 0' rejects at 5% and contradicted "
+              "when that of 'mean >= margin' does, Holm-corrected over all the judgements here; "
+              "one seed decides nothing, and with two the interval is 12.7 standard errors wide, "
               "so at this scale many verdicts are inconclusive; more `--seeds` resolve more.", "",
               "| claim | here | verdict |", "| --- | --- | --- |"]
     for c in found:
