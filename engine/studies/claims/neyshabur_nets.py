@@ -189,8 +189,10 @@ def _figure_criticality(ctx: Context, t: pd.DataFrame) -> None:
     for (seed, arch), g in t.assign(y=y).groupby(["seed", "arch"]):
         gy = g["y"].where(np.isfinite(g["y"]), top)
         ax.plot(g["layer"], gy, "o-", alpha=0.6, label=f"seed {seed} {arch}")
-    ax.axhline(top, color="grey", ls=":", lw=1)
-    ax.text(1, top, " never feasible", va="bottom", fontsize=7, color="grey")
+    if np.isinf(t["criticality"].astype(float)).any():
+        ax.axhline(top, color="grey", ls=":", lw=1)
+        ax.text(1, top, " never feasible", va="bottom", fontsize=7, color="grey")
+    ax.set_xticks(sorted(t["layer"].unique()))
     ax.set_xlabel("layer of fine-tuned Bob (l = 1)")
     ax.set_ylabel("log10(1 + module criticality)")
     ax.legend(fontsize=7)
