@@ -136,7 +136,8 @@ def done(tmp_path_factory):
         mp.setenv("ENGINE_OFFLINE", "1")
         mp.setenv("ENGINE_DATA_ROOT", str(DATA))
         mp.setitem(mb_studies.CASE_STUDY, "smoke", dict(
-            cifar_images=200, photos=10, n_bobs=(None,), alice_epochs=1, passes=20, min_epochs=1))
+            cifar_images=200, photos=10, n_bobs=(None,), alice_epochs=1, passes=20, min_epochs=1,
+            alice_tasks=mb_studies.PAIR, modes=("finetune",)))
         sweep_needs, study_needs = runner.needs(claims, TINY)
         runner.train_sweeps(out / "runs", sweep_needs.values(), executor="batched", device="cpu",
                             log=lambda m: None)
@@ -220,6 +221,7 @@ def test_photos_effect_is_the_gap_in_the_case_study_store(done):
     d = next((out / "studies").glob("case-study-*"))
     study, df = load_study(d)
     assert study["options"]["seeds"] == list(TINY.seed_list) and study["options"]["noise"] == []
+    assert set(study["tasks"]) == set(mb_studies.PAIR) and set(df["mode"]) == {"finetune", "scratch"}
     assert (d / "sources" / "cats-dogs-10" / "train" / "cats").is_dir()
     for seed in TINY.seed_list:
         s = df[(df["seed"] == seed) & df["mode"].isin(("finetune", "reinit"))]

@@ -48,6 +48,7 @@ CATS_DOGS_DIR = "cats_and_dogs_filtered"
 CIFAR10_NPZ = "CIFAR10/cifar10_test.npz"
 
 # Defaults, chosen so that the whole study fits 30 minutes on a 2-core CPU (see the README).
+MODES = ("finetune", "reinit")  # Bob's transfer modes; run_case_study's `modes` may keep one
 DEFAULTS = dict(arch="cnn", n_bobs=(100, 500, None), seeds=(0, 1), image_size=32, noise=(0.5,),
                 alice_epochs=6, alice_optimizer="adam", passes=3000, min_epochs=2,
                 optimizer="sgd", batch_size=64)
@@ -125,7 +126,8 @@ def bob_epochs(n: int, passes: int, min_epochs: int) -> int:
 def plan_runs(bob_key: str, bob_train: int, alices: dict[str, AliceTask], keys: dict[str, str], *,
               arch: str, n_bobs: Sequence[int | None], seeds: Sequence[int], alice_epochs: int,
               alice_optimizer: str, passes: int, min_epochs: int, optimizer: str,
-              batch_size: int) -> tuple[list[BobSpec], list[AliceSpec], dict[str, dict]]:
+              batch_size: int, modes: Sequence[str] = MODES
+              ) -> tuple[list[BobSpec], list[AliceSpec], dict[str, dict]]:
     """(Bob's runs, Alices, {alice_id: facts}) for the study. `alices` by task name, `keys`: task
     name -> dataset key. Order: seed, n_bob, Alice task, depth, mode; scratch after each n_bob."""
     L = n_layers(arch)
@@ -150,7 +152,7 @@ def plan_runs(bob_key: str, bob_train: int, alices: dict[str, AliceTask], keys: 
             for name in alices:
                 a_id = next(i for i, f in facts.items() if f["task"] == name and f["seed"] == seed)
                 specs += [BobSpec(alice_id=a_id, retrain_from=l, mode=m, **common)
-                          for l in range(1, L + 1) for m in ("finetune", "reinit")]
+                          for l in range(1, L + 1) for m in modes]
             specs.append(BobSpec(alice_id="", retrain_from=1, mode="scratch", **common))
     return specs, list(alice_specs.values()), facts
 
@@ -167,7 +169,9 @@ def run_case_study(study: str = "cats-dogs", *, out=None, arch: str = DEFAULTS["
                    device: str = "auto", executor: str = "batched", data_root=None,
                    alice_source: str | None = None, bob_source: str | None = None,
                    report_only: bool = False, stderr=None,
-                   log: Callable[[str], None] | None = None) -> Path:
+                   log: Callable[[str], None] | None = None,
+                   alice_tasks: Sequence[str] | None = None,
+                   modes: Sequence[str] = MODES) -> Path:
     """Run (or resume) the study and write its report; returns the report directory."""
     stderr = stderr or sys.stderr
     log = log or (lambda msg: print(msg, file=stderr, flush=True))
@@ -193,6 +197,14 @@ def run_case_study(study: str = "cats-dogs", *, out=None, arch: str = DEFAULTS["
     t0 = time.perf_counter()
     bob, alices = cats_dogs_tasks(data_root=data_root, image_size=image_size, noise=noise,
                                   alice_source=alice_source, bob_source=bob_source)
+    if alice_tasks is not None:  # a subset of Alice's tasks (engine reproduce sizes the study)
+        unknown = set(alice_tasks) - {a.name for a in alices}
+        if unknown or not alice_tasks:
+            raise EngineError(f"unknown Alice task(s) {sorted(unknown)}; choose from "
+                              f"{', '.join(a.name for a in alices)}")
+        alices = [a for a in alices if a.name in set(alice_tasks)]
+    if not modes or set(modes) - set(MODES):
+        raise EngineError(f"modes must be some of {', '.join(MODES)}, got {list(modes)}")
     datasets = paths.sweep_datasets(out)
     bob_dir = build_task(bob, data_root=data_root, out=datasets, log=log)
     dirs = {bob_dir.name: bob_dir}
@@ -208,7 +220,7 @@ def run_case_study(study: str = "cats-dogs", *, out=None, arch: str = DEFAULTS["
     specs, alice_specs, facts = plan_runs(
         bob_dir.name, bob_train, {a.name: a for a in alices}, keys, arch=arch, n_bobs=n_bobs,
         seeds=seeds, alice_epochs=alice_epochs, alice_optimizer=alice_optimizer, passes=passes,
-        min_epochs=min_epochs, optimizer=optimizer, batch_size=batch_size)
+        min_epochs=min_epochs, optimizer=optimizer, batch_size=batch_size, modes=modes)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "study.json", {
         "study": study, "bob": {"task": bob.name, "dataset": bob_dir.name,
@@ -221,7 +233,8 @@ def run_case_study(study: str = "cats-dogs", *, out=None, arch: str = DEFAULTS["
                     "seeds": seeds, "image_size": image_size, "noise": list(noise),
                     "alice_epochs": alice_epochs, "alice_optimizer": alice_optimizer,
                     "passes": passes, "min_epochs": min_epochs, "optimizer": optimizer,
-                    "batch_size": batch_size, "executor": executor},
+                    "batch_size": batch_size, "executor": executor,
+                    **({"modes": list(modes)} if tuple(modes) != MODES else {})},
         "run_ids": [s.run_id for s in specs],
     })
     from engine.sweep.driver import execute

@@ -118,11 +118,17 @@ def gains(df: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
 _save = pages.save_png
 
 
+def _modes(frame: pd.DataFrame) -> list[str]:
+    """The transfer modes the study ran (one panel each)."""
+    return [m for m in MODES if (frame["mode"] == m).any()] or list(MODES)
+
+
 def _acc_vs_depth(acc: pd.DataFrame, order: list[str], n: int, chance: float, path: Path) -> Path:
-    fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2, sharey=True)
+    modes = _modes(acc)
+    fig = Figure(figsize=(5.5 * len(modes), 4.2))
+    axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
     scratch = acc[(acc["mode"] == SCRATCH) & (acc["n_bob"] == n)]
-    for ax, mode in zip(axes, MODES):
+    for ax, mode in zip(axes, modes):
         for t in order:
             b = acc[(acc["task"] == t) & (acc["mode"] == mode) & (acc["n_bob"] == n)]
             b = b.sort_values("retrain_from")
@@ -139,15 +145,16 @@ def _acc_vs_depth(acc: pd.DataFrame, order: list[str], n: int, chance: float, pa
         ax.set_xlabel("retrain from layer l (layers below are Alice's, frozen)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Bob's test accuracy (%)")
-    axes[1].legend(fontsize=7, loc="best")
+    axes[-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def _best_depth_fig(best: pd.DataFrame, order: list[str], path: Path) -> Path:
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, mode in zip(axes, MODES):
+    modes = _modes(best)
+    fig = Figure(figsize=(5.5 * len(modes), 4))
+    axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    for ax, mode in zip(axes, modes):
         for k, t in enumerate(order):
             b = best[(best["task"] == t) & (best["mode"] == mode)].sort_values("n_bob")
             if len(b):
@@ -159,7 +166,7 @@ def _best_depth_fig(best: pd.DataFrame, order: list[str], path: Path) -> Path:
         ax.set_xlabel("n_bob (Bob's training photos)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("best l (offset slightly per task)")
-    axes[1].legend(fontsize=7)
+    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
