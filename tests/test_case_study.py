@@ -132,7 +132,7 @@ def test_case_study_end_to_end_resumes_after_a_kill(data_root, tmp_path, monkeyp
     assert_not_blank(shown.screenshot)
     text = (report / "summary.md").read_text()
     assert "cifar-vehicles" in text and "| claim | here | verdict |" in text
-    assert text.count("**holds**") + text.count("**does not hold**") + \
+    assert text.count("**supported**") + text.count("**contradicted**") + \
         text.count("**inconclusive**") == 5
     gain = pd.read_csv(report / "gain.csv")
     assert len(gain) == 5 * 2 and gain["seeds"].eq(2).all()
@@ -174,10 +174,10 @@ def test_claim_verdicts_follow_the_data():
 
     g, b = frames({"near": 10, "mid": 5, "far": 0, "noisy": 4}, {"near": 5, "mid": 4, "far": 2, "noisy": 3})
     verdicts = [c["verdict"] for c in claims(study, g, b)]
-    assert verdicts == ["holds"] * 5
+    assert verdicts == ["supported"] * 5
     g, b = frames({"near": -6, "mid": 0, "far": 5, "noisy": 3}, {"near": 1, "mid": 3, "far": 5, "noisy": 2})
     verdicts = [c["verdict"] for c in claims(study, g, b)]
-    assert verdicts[:4] == ["does not hold"] * 4
+    assert verdicts[:4] == ["contradicted"] * 4
     g, b = frames({"near": 0.1, "mid": 0.2, "far": 0.0, "noisy": 0.1}, {"near": 2, "mid": 2, "far": 2, "noisy": 2})
     g["seeds"] = 1
     g["gain_std"] = np.nan

@@ -255,9 +255,10 @@ def test_case_study_verdicts_pair_the_seeds_when_the_tables_have_them():
                           "seed_best_depths": format_seeds({0: d, 1: d, 2: d})}
                          for t, d in (("near", 4), ("far", 2)) for m in ("finetune", "reinit")])
     found = claims(study, gain, best)
-    assert [c["verdict"] for c in found[:2]] == ["holds", "holds"]
+    assert [c["verdict"] for c in found[:2]] == ["supported", "supported"]
     assert "+2.00 [+2.00, +2.00], 3 seeds, supported" in found[1]["evidence"]
     # The same means and spreads without per-seed columns cannot be paired: the gap of 2 points
     # has a spread of sqrt(2) x 2 and is not resolved.
     unpaired = claims(study, gain.drop(columns="seed_gains"), best)
-    assert unpaired[0]["verdict"] == "holds" and unpaired[1]["verdict"] == "inconclusive"
+    assert unpaired[0]["verdict"] == "supported" and unpaired[1]["verdict"] == "inconclusive"
+    assert "seeds would decide it" in unpaired[1]["evidence"]

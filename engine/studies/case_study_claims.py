@@ -1,5 +1,6 @@
 """The case study's claims (Mohamud & Brink 2025; one of Gerace et al. 2024), each with the
-evidence computed from the stored runs and a verdict: holds, does not hold, or inconclusive.
+evidence computed from the stored runs and a verdict in `engine reproduce`'s words: supported,
+contradicted or inconclusive.
 
 Verdicts follow `engine reproduce`'s one rule (engine.studies.claims.stats): each judgement is a set
 of per-seed effects, oriented so that positive is what the paper claims, with a margin (the
@@ -7,8 +8,8 @@ smallest effect that counts as the claim holding); `stats.judge` decides every j
 report together (Holm's correction over all of them): *supported* when "mean <= 0" is rejected,
 *contradicted* when "mean >= margin" is rejected, else inconclusive, and always inconclusive with
 one seed.
-- Claims 1-3 are judged per Bob budget (n_bob): the claim *holds* when some budget is supported
-  and none contradicted, *does not hold* when some is contradicted and none supported.
+- Claims 1-3 are judged per Bob budget (n_bob): the claim is *supported* when some budget is
+  supported and none contradicted, *contradicted* when some is contradicted and none supported.
 - Claims 4-5 are one judgement each over per-seed effects averaged over their cells.
 Per-seed values come from the report's tables (`seed_gains`, `seed_best_depths`: "seed:value"
 pairs). Tables that hold only a mean, a standard deviation and a count per cell (no per-seed
@@ -100,20 +101,21 @@ def _describe(v: stats.Verdict) -> str:
     if v.seeds == 0:
         return "no data"
     if v.seeds < 2:
-        return f"{v.effect:+.2f} (one seed)"
-    return f"{v.effect:+.2f} [{v.ci_low:+.2f}, {v.ci_high:+.2f}], {v.seeds} seeds, {v.verdict}"
+        return f"{v.effect:+.2f} (one seed: inconclusive)"
+    text = f"{v.effect:+.2f} [{v.ci_low:+.2f}, {v.ci_high:+.2f}], {v.seeds} seeds, {v.verdict}"
+    if v.verdict == "inconclusive":
+        text += (f" ({v.seeds_needed} seeds would decide it at this mean and spread)"
+                 if v.seeds_needed else " (no seed count up to 1000 would decide it)")
+    return text
 
 
 def _combine(verdicts: list[str]) -> str:
     """Cells judged apart -> the claim's verdict (module docstring)."""
     if "supported" in verdicts and "contradicted" not in verdicts:
-        return "holds"
+        return "supported"
     if "contradicted" in verdicts and "supported" not in verdicts:
-        return "does not hold"
+        return "contradicted"
     return "inconclusive"
-
-
-WORDS = {"supported": "holds", "contradicted": "does not hold", "inconclusive": "inconclusive"}
 
 
 # Claims ------------------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def claims(study: dict, gain: pd.DataFrame, best: pd.DataFrame) -> list[dict]:
     def verdict(claim: int) -> str:
         keys = cells.get(claim, [])
         if claim in (4, 5):
-            return WORDS[v[keys[0]].verdict] if keys else "inconclusive"
+            return v[keys[0]].verdict if keys else "inconclusive"
         return _combine([v[k].verdict for k in keys])
 
     def ev(claim: int) -> str:

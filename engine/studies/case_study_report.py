@@ -1,5 +1,6 @@
 """The case study's report: tables, figures and a `summary.md` whose findings are computed from the
-stored runs, with the paper's claims beside them (holds / does not hold / inconclusive).
+stored runs, with the paper's claims beside them (supported / contradicted / inconclusive, the
+words and rule of `engine reproduce`).
 
 Reads `<out>/study.json` (written by engine.studies.case_study: which Alice ID is which task) and
 the results store, keeps the study's run IDs, and writes to `<out>/report/`:
