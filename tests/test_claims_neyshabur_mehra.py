@@ -180,8 +180,9 @@ def test_shuffle_and_early_effects_are_the_stored_rows(reproduced):
     rows = _rows(reproduced, ney.shuffle_sweep(sc))
     assert set(rows["block_shuffle"]) == {0, 1} and set(rows["beta"]) == {ney.BETA}
     for s in sc.seed_list:
-        acc = lambda mode, blk: float(rows.loc[(rows["seed"] == s) & (rows["mode"] == mode)  # noqa
-                                               & (rows["block_shuffle"] == blk), "test_acc"].iloc[0])
+        def acc(mode, blk, s=s):
+            pick = (rows["seed"] == s) & (rows["mode"] == mode) & (rows["block_shuffle"] == blk)
+            return float(rows.loc[pick, "test_acc"].iloc[0])
         want = (acc("finetune", 0) - acc("scratch", 0)) - (acc("finetune", 1) - acc("scratch", 1))
         assert _evidence(reproduced, "neyshabur-shuffle-gain")["effects"][s] == pytest.approx(want)
     speed = ney.gains(_rows(reproduced, ney.speed_sweep(sc)))
@@ -252,3 +253,17 @@ def test_mehra_effects_are_their_tables(reproduced):
     for s, e in enumerate(ev["effects"]):
         g = t[t["seed"] == s]
         assert e == pytest.approx(((g["fixed-all"] - g["learned-all"]) / g["fixed-all"]).mean())
+
+
+def test_claims_without_stored_runs_say_so_in_one_line(tmp_path):
+    """A claim evaluated before its runs exist raises EngineError, which the runner reports as
+    'not evaluated' (and retries next time) instead of failing the whole command."""
+    from engine.errors import EngineError
+    from engine.studies.claims.base import Context
+    empty = pd.DataFrame(columns=["run_id", "seed", "arch", "mode", "retrain_from", "block_shuffle",
+                                  "test_acc", "n_layers", "n_bob", "alice_id"])
+    ctx = Context(out=tmp_path, root=tmp_path / "runs", scale=TINY, claim_id="x",
+                  log=lambda m: None, rows=lambda spec: empty, study=lambda s: tmp_path)
+    for cid in IDS:
+        with pytest.raises(EngineError, match="no stored runs"):
+            registry()[cid].evaluate(ctx)

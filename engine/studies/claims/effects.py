@@ -6,16 +6,27 @@ import math
 import numpy as np
 import pandas as pd
 
+from engine.errors import EngineError
+
 
 def per_seed(table: pd.DataFrame, column: str, seeds) -> tuple[float, ...]:
     """Mean of `column` per seed in `seeds` (over archs or other rows), NaN for a seed with no
     finite value: one effect per seed, in the order of `seeds`."""
     out = []
     for s in seeds:
-        v = table.loc[table["seed"] == s, column].astype(float) if len(table) else pd.Series([])
+        v = (table.loc[table["seed"] == s, column].astype(float) if len(table)
+             else pd.Series([], dtype=float))
         v = v[np.isfinite(v)]
         out.append(float(v.mean()) if len(v) else math.nan)
     return tuple(out)
+
+
+def require(rows: pd.DataFrame, what: str) -> pd.DataFrame:
+    """`rows`, or EngineError (the runner reports the claim as not evaluated) when it is empty."""
+    if rows is None or len(rows) == 0:
+        raise EngineError(f"no stored runs for {what}; run engine reproduce without --report-only "
+                          "to train them")
+    return rows
 
 
 def rank_correlation(x, y) -> float:

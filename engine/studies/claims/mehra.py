@@ -28,7 +28,7 @@ from engine.analysis import artifacts as art
 from engine.atomic import write_bytes
 from engine.studies.claims import sweeps
 from engine.studies.claims.base import Claim, Context, Evidence
-from engine.studies.claims.effects import per_seed, rank_correlation, records
+from engine.studies.claims.effects import per_seed, rank_correlation, records, require
 
 PAPER = "Mehra et al. 2023"
 STEPS = 200  # Adam steps learning the transforms (`engine analyze bound`'s default)
@@ -94,7 +94,7 @@ def alice_bound(ctx: Context, alice_id: str, target_key: str, mode: str, seed: i
 def bound_table(ctx: Context, modes=MODES) -> pd.DataFrame:
     """One row per (Alice, mode): seed, arch, beta, the bound's terms, the transferred head's test
     loss and Bob's measured head-only (l = L, finetune, largest budget) test loss."""
-    rows = ctx.rows(needs(ctx.scale)[0])
+    rows = require(ctx.rows(needs(ctx.scale)[0]), "the base sweep")
     heads = rows[(rows["mode"] == "finetune") & (rows["retrain_from"] == rows["n_layers"])
                  & (rows["block_shuffle"] == 0)]
     heads = heads[heads["n_bob"] == heads.groupby("alice_id")["n_bob"].transform("max")]

@@ -30,7 +30,7 @@ import pandas as pd
 from engine.spec import Training
 from engine.studies.claims import sweeps
 from engine.studies.claims.base import Claim, Context, Evidence, Scale
-from engine.studies.claims.effects import per_seed, records
+from engine.studies.claims.effects import per_seed, records, require
 from engine.sweep.spec import SweepSpec
 
 PAPER = "Neyshabur et al. 2020"
@@ -77,6 +77,7 @@ def gains(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (seed, arch, block_shuffle): finetune (l = 1) and scratch test accuracy and
     gain = finetune - scratch (fractions). block_shuffle 0 = unshuffled (engine.store)."""
     keys = ["seed", "arch", "block_shuffle"]
+    require(rows, "Bob at l = 1 and scratch")
     ft = rows[(rows["mode"] == "finetune") & (rows["retrain_from"] == 1)]
     sc = rows[rows["mode"] == "scratch"]
     t = pd.concat([ft.groupby(keys)["test_acc"].mean().rename("finetune"),

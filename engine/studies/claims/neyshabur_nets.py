@@ -19,8 +19,7 @@ import pandas as pd
 
 from engine.analysis import artifacts as art
 from engine.studies.claims.base import Context, Evidence
-from engine.studies.claims.effects import per_seed, rank_correlation, records
-from engine.studies.claims.neyshabur import whole
+from engine.studies.claims.effects import per_seed, rank_correlation, records, require
 
 POINTS = 11  # points on each straight line, t = 0, 0.1, .., 1
 # Module criticality grid and tolerance: `engine analyze criticality`'s defaults (Chatterji et al.
@@ -28,6 +27,7 @@ POINTS = 11  # points on each straight line, t = 0, 0.1, .., 1
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SIGMAS = (0.0, 0.05, 0.1, 0.2)
 TOLERANCE = 0.05
+SMOKE_GRID = ((0.0, 0.5, 1.0), (0.0, 0.1))  # smoke: 9 evaluations a layer, not 35
 
 BASIN_RULE = (
     "Per seed s: the test cross-entropy along the straight line between two networks (11 points, "
@@ -43,14 +43,17 @@ CKA_RULE = (
 CRITICALITY_RULE = (
     "Per seed: module criticality (Chatterji et al. 2020 eq. 2) of each layer of Bob fine-tuned "
     "from Alice (l = 1), rewound towards his starting weights (Alice's layers, a fresh head) on a "
-    "grid alpha 0..1 x relative noise 0, 0.05, 0.1, 0.2, feasible within 0.05 training error of "
-    "the trained network (first max_samples training samples). Effect: Spearman rho between "
+    "grid alpha 0, 0.25, .., 1 x relative noise 0, 0.05, 0.1, 0.2 (smoke: 0, 0.5, 1 x 0, 0.1), "
+    "feasible within 0.05 training error of the trained network (first max_samples training "
+    "samples). Effect: Spearman rho between "
     "layer index and criticality (an uncritical layer is 0, one never feasible infinite and "
     "ranked highest); 0 when every layer is equally critical. Margin: rho 0.5.")
 
 
 def _runs(ctx: Context, mode: str) -> pd.DataFrame:
+    from engine.studies.claims.neyshabur import whole  # it imports this module for its claims
     rows = ctx.rows(whole(ctx.scale))
+    require(rows, f"Bob {mode} at l = 1")
     pick = (rows["mode"] == mode) & (rows["retrain_from"] == 1) & (rows["block_shuffle"] == 0)
     return rows[pick].sort_values(["seed", "arch"]).reset_index(drop=True)
 
@@ -161,8 +164,9 @@ def criticality(ctx: Context) -> Evidence:
         bob, _ = art.bob_model(ctx.root, spec=spec, log=ctx.log)
         train = art.first(art.dataset(ctx.root, row["dataset"])[0], ctx.scale.max_samples)
         error = 1 - evaluate(bob, train, "bob_label", precision=spec.precision)[0]
+        alphas, sigmas = SMOKE_GRID if ctx.scale.name == "smoke" else (ALPHAS, SIGMAS)
         c = module_criticality(bob, art.bob_initial_state(ctx.root, spec, bob),
-                               snapshot(bob.state_dict()), train, "bob_label", ALPHAS, SIGMAS,
+                               snapshot(bob.state_dict()), train, "bob_label", alphas, sigmas,
                                min(1.0, error + TOLERANCE), n_noise=2, seed=spec.seed,
                                precision=spec.precision)
         mu = np.asarray(c["criticality"], dtype=float)
