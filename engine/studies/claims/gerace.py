@@ -16,11 +16,20 @@ import numpy as np
 import pandas as pd
 
 from engine import pages
+from engine.errors import EngineError
 from engine.studies.claims import sweeps
 from engine.studies.claims.base import Claim, Context, Evidence, Scale
 
 PAPER = "Gerace et al. 2024"
 MODE = "reinit"
+
+
+def _base_rows(ctx: Context) -> pd.DataFrame:
+    df = ctx.rows(sweeps.base(ctx.scale))
+    if df.empty:
+        raise EngineError("the base sweep's runs are not stored; run engine reproduce without "
+                          "--report-only first")
+    return df
 
 
 def best_depths(df: pd.DataFrame, mode: str = MODE) -> pd.DataFrame:
@@ -67,7 +76,7 @@ def data_cells(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def _depth_vs_data(ctx: Context) -> Evidence:
-    cells = data_cells(best_depths(ctx.rows(sweeps.base(ctx.scale))))
+    cells = data_cells(best_depths(_base_rows(ctx)))
     effects = _by_seed(cells, "move", ctx.scale.seed_list)
     fig = pages.figure(6.5, 4)
     ax = fig.subplots()
@@ -110,7 +119,7 @@ def similarity_cells(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def _depth_vs_similarity(ctx: Context) -> Evidence:
-    best = best_depths(ctx.rows(sweeps.base(ctx.scale)))
+    best = best_depths(_base_rows(ctx))
     cells = similarity_cells(best)
     effects = _by_seed(cells, "slope", ctx.scale.seed_list)
     fig = pages.figure(6.5, 4)
