@@ -21,7 +21,7 @@ from engine.studies.claims import registry
 from engine.studies.claims.runner import run_ids
 from engine.studies.claims.scales import scale
 from engine.studies.claims.stats import VERDICTS
-from tests.browser import assert_not_blank, render
+from browser import assert_not_blank, render
 
 KEYS = ("id", "paper", "effect", "ci_low", "ci_high", "seeds", "verdict", "seeds_needed", "figure")
 
