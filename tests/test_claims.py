@@ -82,6 +82,7 @@ def test_seeds_needed_shrinks_with_the_effect_and_grows_with_the_spread():
     assert 2 <= large < small and noisy > large
     assert stats.seeds_needed(0.0, 1.0, 1e-9) is None or stats.seeds_needed(0.0, 1.0, 1e-9) > 100
     assert stats.seeds_needed(1.0, math.nan, 2.0) is None
+    assert stats.seeds_needed(1.0, 1e-16, 0.5) == 2 == stats.seeds_needed(1.0, 0.0, 0.5)
     # At the computed count the power is reached; one fewer it is not (d = 1 sd from zero; the
     # margin is below the mean, so only 'supported' is in reach).
     n = stats.seeds_needed(1.0, 1.0, 0.5, n_claims=5)

@@ -102,6 +102,9 @@ def write(out: Path, claims: list[Claim], scale: Scale, evidence: dict[str, Evid
                  f"{_fmt(r['p_contradict'])} (effect >= margin); seeds needed "
                  f"{_needed(verdicts[c.id])}",
                  f"Per-{ev.unit} effects: {', '.join(_fmt(e) for e in ev.effects) or 'none'}"]
+        if r["verdict"] == "contradicted" and (r["p_support"] or 1) < ALPHA:
+            facts.append("The effect is real (above zero) but smaller than the margin, the "
+                         "smallest effect the claim implies: contradicted as to its size.")
         md += [f"## {c.id}", ""] + [f"- {f}" for f in facts] + [""]
         sections += [pages.Heading(c.id), pages.Text(facts)]
         if r["figure"]:

@@ -100,10 +100,10 @@ def seeds_needed(mean: float, sd: float, margin: float, n_claims: int = 1) -> in
     distances = [d for d in (mean, margin - mean) if d > 0]  # to "supported", to "contradicted"
     if not distances:
         return None
-    if sd == 0:
-        return 2
     alpha = ALPHA / max(1, n_claims)
-    d = max(distances) / sd
+    d = max(distances) / sd if sd > 0 else math.inf
+    if d > 50:  # two seeds have all the power there is (the noncentral t turns NaN far out)
+        return 2
     lo, hi = 2, MAX_SEEDS
     if _power(hi, d, alpha) < POWER:
         return None
