@@ -90,7 +90,14 @@ def test_hand_made_alices_are_what_they_claim(tasks):
     assert acc < 0.4
 
 
-@pytest.mark.parametrize("name", list(registry.PREDICTORS))
+def test_the_constant_baselines_pick_their_depth_for_free(tasks):
+    for name, want in (("retrain-all", 1), ("head-only", 3)):
+        for t in tasks.values():
+            scores, cost = run_predictor(registry.PREDICTORS[name], t)
+            assert choose(scores) == want and cost.flops == 0
+
+
+@pytest.mark.parametrize("name", [n for n in registry.PREDICTORS if n not in registry.BASELINES])
 def test_predictor_on_known_answers(tasks, name):
     fn = registry.PREDICTORS[name]
     for kind, want in (("perfect", 3), ("unrelated", 1)):

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.analysis.depth import bound, cka, correlation, halving, hscore, logme, probe
+from engine.analysis.depth import bound, cka, constant, correlation, halving, hscore, logme, probe
 from engine.errors import EngineError
 
 PREDICTORS: dict[str, Callable[..., np.ndarray]] = {
@@ -22,7 +22,11 @@ PREDICTORS: dict[str, Callable[..., np.ndarray]] = {
     "bound": bound.predict,
     "halving": halving.predict,
     "correlation": correlation.predict,
+    "retrain-all": constant.retrain_all,
+    "head-only": constant.head_only,
 }
+
+BASELINES = ("retrain-all", "head-only")  # constant picks (engine.analysis.depth.constant)
 
 
 def get(names: list[str] | None = None) -> dict[str, Callable[..., np.ndarray]]:
