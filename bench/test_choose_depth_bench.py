@@ -77,7 +77,7 @@ def _fine_tunes(data: Path, alice: Path) -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.parametrize("predictor", ["probe", "correlation"])
+@pytest.mark.parametrize("predictor", ["h-score", "correlation"])
 def test_choose_depth_vs_fine_tunes(benchmark, track, task, predictor):
     data, alice = task
     fine = _fine_tunes(data, alice)
