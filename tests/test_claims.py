@@ -194,3 +194,33 @@ def test_attribution_effect_rises_when_retraining_more_moves_attribution_right()
     t = pd.DataFrame([{"seed": s, "l": l, "L": 5, "right": 0.1 * (6 - l)}
                       for s in (0, 1) for l in range(1, 6)])
     assert mb.attribution_effects(t) == {0: pytest.approx(1.0), 1: pytest.approx(1.0)}
+
+
+# From a results table to a verdict -------------------------------------------------------------
+
+def _verdict(claim_id: str, effects: dict) -> str:
+    margin = registry()[claim_id].margin
+    return stats.judge({claim_id: [effects[s] for s in sorted(effects)]}, {claim_id: margin})[
+        claim_id].verdict
+
+
+@pytest.mark.parametrize("truth,want", [("real", "supported"), ("reverse", "contradicted"),
+                                         ("noise", "inconclusive"), ("one seed", "inconclusive")])
+def test_tables_with_a_known_truth_get_the_right_verdict(truth, want):
+    """Six seeds of a sweep whose head-only accuracy at beta 0 is 10 points above chance (real),
+    10 below (reverse) or chance plus seed noise of +-8 points (noise); one seed of the real
+    effect decides nothing. Accuracy vs beta follows the same truth for mb-monotone-beta."""
+    rng = np.random.default_rng(7)
+    noise = {s: rng.normal(0, 0.08) for s in range(6)}
+    shift = {"real": 0.1, "reverse": -0.1, "noise": 0.0, "one seed": 0.1}[truth]
+    slope = {"real": 0.4, "reverse": -0.4, "noise": 0.0, "one seed": 0.4}[truth]
+    seeds = (0,) if truth == "one seed" else tuple(range(6))
+
+    def acc(p, b, s, m, l):
+        wobble = noise[s] * (1 + b + l) if truth == "noise" else 0.0  # no trend in beta
+        return 0.1 + shift + slope * b + 0.001 * l + wobble
+
+    t = _table(acc, seeds=seeds, betas=(0.0, 0.3, 0.6, 1.0))
+    assert _verdict("mb-above-chance", mb.above_chance_effects(t, "finetune")) == want
+    if truth != "noise":  # a noisy table has no monotone truth to decide
+        assert _verdict("mb-monotone-beta", mb.monotone_effects(t)[0]) == want
