@@ -16,17 +16,16 @@ import pandas as pd
 from engine import pages
 from engine.studies.claims import sweeps
 from engine.studies.claims.base import Claim, Context, Evidence, Scale
+from engine.studies.claims.effects import rank_correlation
 
 PAPER = "Mohamud & Brink 2025"
 TRANSFER = ("finetune", "reinit")
 
 
 def _spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(spearmanr(x, y).statistic)
+    """Spearman's rho; 0 where y is constant (no rise, no ranking), NaN where x is
+    (engine.studies.claims.effects.rank_correlation, shared by every claim)."""
+    return rank_correlation(x, y)
 
 
 def _whole(df: pd.DataFrame) -> pd.DataFrame:
