@@ -141,14 +141,7 @@ def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextI
     datasets_root = Path(sweep.datasets_dir) if sweep.datasets_dir else paths.sweep_datasets(out)
     _check_resources(sweep, datasets_root, out)
 
-    keys: dict[tuple[float, int | None], str] = {}
-    dirs: dict[str, Path] = {}
-    for req in planner.dataset_requests(sweep):  # stage 1
-        d = build_data(sweep.pair, req.beta, seed=sweep.data_seed, n_train=sweep.n_train,
-                       n_test=sweep.n_test, data_root=sweep.data_root, out=datasets_root,
-                       fit=sweep.fit, image_size=sweep.image_size,
-                       block_shuffle=req.block_shuffle, log=log)
-        keys[req.beta, req.block_shuffle], dirs[d.name] = d.name, d
+    keys, dirs = build_datasets(sweep, datasets_root, log)  # stage 1
     _write_spec(sweep, out, log)
     options = ({k: getattr(sweep, k) for k in ("ray_address", "cpus_per_unit", "gpus_per_unit",
                                                 "max_retries")} if sweep.executor == "ray" else {})
@@ -158,6 +151,21 @@ def _run_locked(sweep: SweepSpec, out: Path, device: torch.device, stderr: TextI
                    executor=sweep.executor, executor_options=options, device=device,
                    save_epochs=sweep.alice_save_epochs, budget_gb=sweep.device_budget_gb,
                    max_group=sweep.max_group, stderr=stderr)
+
+
+def build_datasets(sweep: SweepSpec, datasets_root: Path, log: Callable[[str], None]
+                   ) -> tuple[dict[tuple[float, int | None], str], dict[str, Path]]:
+    """Stage 1: build or reuse every dataset of `sweep` under `datasets_root`. Returns the keys
+    by (beta, block size) and the directories by key."""
+    keys: dict[tuple[float, int | None], str] = {}
+    dirs: dict[str, Path] = {}
+    for req in planner.dataset_requests(sweep):
+        d = build_data(sweep.pair, req.beta, seed=sweep.data_seed, n_train=sweep.n_train,
+                       n_test=sweep.n_test, data_root=sweep.data_root, out=datasets_root,
+                       fit=sweep.fit, image_size=sweep.image_size,
+                       block_shuffle=req.block_shuffle, log=log)
+        keys[req.beta, req.block_shuffle], dirs[d.name] = d.name, d
+    return keys, dirs
 
 
 def _write_spec(sweep: SweepSpec, out: Path, log: Callable[[str], None]) -> None:

@@ -30,6 +30,7 @@ from engine.studies.claims import select
 from engine.studies.claims import scales as scales_mod
 from engine.studies.claims import studies as studies_mod
 from engine.studies.claims.base import LOG, Claim, Context, Evidence, Scale, Study, need_id
+from engine.studies.claims.effects import plain
 from engine.sweep.spec import SweepSpec
 
 PRECISIONS = (None, "fp32", "bf16")  # what a stored run's spec may record (engine.spec)
@@ -73,11 +74,11 @@ def train_sweeps(root: Path, sweeps: Iterable[SweepSpec], *, executor: str, devi
                  log: LOG = _stderr) -> dict:
     """Every run of every sweep, trained once into the sweep root `root`: stages 1-3 of
     engine.sweep.driver over the union of the sweeps' runs and Alices."""
-    from engine.data.build import build_data, check_block_shuffles, parse_pair
+    from engine.data.build import check_block_shuffles, parse_pair
     from engine.locks import output_lock
     from engine.sweep import plan as planner
     from engine.sweep import preflight, state
-    from engine.sweep.driver import execute
+    from engine.sweep.driver import build_datasets, execute
     from engine.train.alice import resolve_device
     from engine.train.device import spec_precision
     sweeps = [s.replace(executor=executor, device=device) for s in sweeps]
@@ -90,13 +91,8 @@ def train_sweeps(root: Path, sweeps: Iterable[SweepSpec], *, executor: str, devi
     specs, alices, dirs, save_epochs = {}, {}, {}, set()
     with output_lock(root, log=log), state.recording(root):
         for s in sweeps:
-            keys = {}
-            for req in planner.dataset_requests(s):
-                d = build_data(s.pair, req.beta, seed=s.data_seed, n_train=s.n_train,
-                               n_test=s.n_test, data_root=s.data_root,
-                               out=paths.sweep_datasets(root), fit=s.fit, image_size=s.image_size,
-                               block_shuffle=req.block_shuffle, log=log)
-                keys[req.beta, req.block_shuffle], dirs[d.name] = d.name, d
+            keys, built = build_datasets(s, paths.sweep_datasets(root), log)
+            dirs.update(built)
             precision = spec_precision(s.precision, dev)
             specs.update((b.run_id, b) for b in planner.expand(s, keys, precision))
             alices.update((a.id, a) for a in planner.alices(s, keys, precision))
@@ -130,9 +126,16 @@ class _Rows:
 
 
 def fingerprint(claim: Claim, scale: Scale) -> str:
-    """What a claim's evidence depends on: its id, the scale and its needs."""
-    text = json.dumps([claim.id, scale.__dict__, sorted(need_id(n) for n in claim.needs(scale))],
-                      sort_keys=True, default=str)
+    """What a claim's evidence depends on: its id, the scale, its needs and the source of the
+    module that evaluates it (so evidence from an older evaluation is not reused; helpers in
+    other modules are not covered: delete DIR/claims/<id>.json to force a new evaluation)."""
+    import inspect
+    try:
+        source = Path(inspect.getsourcefile(claim.evaluate)).read_bytes()
+    except (TypeError, OSError):
+        source = b""
+    text = json.dumps([claim.id, scale.__dict__, sorted(need_id(n) for n in claim.needs(scale)),
+                       hashlib.sha256(source).hexdigest()], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -168,16 +171,9 @@ def evaluate(out: Path, claims: list[Claim], scale: Scale, *, log: LOG = _stderr
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             payload = {"fingerprint": fp, "claim": claim.id, "evidence": ev.to_dict()}
-            write_bytes(path, (json.dumps(payload, indent=1, default=_plain) + "\n").encode())
+            write_bytes(path, (json.dumps(payload, indent=1, default=plain) + "\n").encode())
         found[claim.id] = ev
     return found
-
-
-def _plain(value):
-    """JSON for numpy scalars and paths in evidence tables."""
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 # The command -------------------------------------------------------------------------------------
